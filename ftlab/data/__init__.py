@@ -1,0 +1,6 @@
+"""Data for the lessons: the offline data sets, text pipelines (lesson 02), images (lesson 03)."""
+
+from ftlab.data.images import ImageTensors
+from ftlab.data.offline import lfw_faces, textures, toy_reviews
+
+__all__ = ["ImageTensors", "lfw_faces", "textures", "toy_reviews"]

@@ -1,0 +1,76 @@
+"""Build classifiers from pretrained checkpoints: BERT-like text models, ResNet, timm backbones.
+
+Taught in lesson 02 (text) and lesson 03 (vision).
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from ftlab.profile import EFFICIENTNET_LITE0
+
+
+def text_classifier(name_or_path: str, num_labels: int = 2, pretrained: bool = True):
+    """Return (model, tokenizer): a pretrained encoder with a new classification head.
+
+    `pretrained=False` builds the same architecture with random weights, for the
+    pretrained-against-scratch comparison. Taught in lesson 02.
+    """
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+    if pretrained:
+        model = AutoModelForSequenceClassification.from_pretrained(
+            name_or_path, num_labels=num_labels
+        )
+    else:
+        config = AutoConfig.from_pretrained(name_or_path, num_labels=num_labels)
+        model = AutoModelForSequenceClassification.from_config(config)
+    return model, tokenizer
+
+
+def vision_classifier(name: str, num_classes: int, pretrained: bool = True) -> nn.Module:
+    """Return an ImageNet backbone with a new head of `num_classes` outputs.
+
+    `name` is "resnet18" (torchvision, IMAGENET1K_V1 weights) or the offline EfficientNet-Lite0.
+    Taught in lesson 03.
+    """
+    if name == "resnet18":
+        from torchvision.models import ResNet18_Weights, resnet18
+
+        model = resnet18(weights=ResNet18_Weights.IMAGENET1K_V1 if pretrained else None)
+        model.fc = nn.Linear(model.fc.in_features, num_classes)  # 512 -> num_classes
+        return model
+    if name in (EFFICIENTNET_LITE0, "tf_efficientnet_lite0"):
+        from ftlab.assets import efficientnet_lite0
+
+        model = efficientnet_lite0(pretrained=pretrained)
+        model.reset_classifier(num_classes)  # classifier: Linear(1280, num_classes)
+        return model
+    raise ValueError(f"unknown vision model {name!r}; use 'resnet18' or {EFFICIENTNET_LITE0!r}")
+
+
+def image_normalization(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Return the (mean, std) the backbone's pretrained weights expect."""
+    if name == "resnet18":
+        from torchvision.models import ResNet18_Weights
+
+        meta = ResNet18_Weights.IMAGENET1K_V1.transforms()
+        return tuple(meta.mean), tuple(meta.std)
+    if name in (EFFICIENTNET_LITE0, "tf_efficientnet_lite0"):
+        return (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
+    raise ValueError(f"unknown vision model {name!r}; use 'resnet18' or {EFFICIENTNET_LITE0!r}")
+
+
+def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
+    """Return the number of (trainable) parameters. Taught in lesson 02."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+def head_of(model: nn.Module) -> nn.Module:
+    """Return the new classification head of a model built here. Taught in lesson 02."""
+    for name in ("classifier", "fc", "head"):
+        head = getattr(model, name, None)
+        if isinstance(head, nn.Module):
+            return head
+    raise ValueError(f"{type(model).__name__} has no head named classifier, fc or head")
