@@ -30,7 +30,7 @@ LESSONS: dict[str, dict[str, tuple[Any, Any]]] = {
     },
     "02_bert_text_classification": {
         "text_model": ("bert-base-uncased", MINILM),
-        "dataset": ("glue/sst2", "toy_reviews"),
+        "text_dataset": ("glue/sst2", "toy_reviews"),
         "text_column": ("sentence", "sentence"),
         "max_length": (128, 32),
         "batch_size": (32, 16),
@@ -43,7 +43,7 @@ LESSONS: dict[str, dict[str, tuple[Any, Any]]] = {
     },
     "03_resnet_vision_transfer": {
         "vision_model": ("resnet18", EFFICIENTNET_LITE0),
-        "dataset": ("oxford_iiit_pet", "textures"),
+        "image_dataset": ("oxford_iiit_pet", "textures"),
         "image_size": (224, 64),
         "batch_size": (64, 32),
         "num_epochs": (5, 3),
