@@ -8,10 +8,10 @@ timm's `tf_efficientnet_lite0`. Taught in lesson 00.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -169,6 +169,25 @@ def _fetch(url: str, partial: Path) -> None:
                 file.write(chunk)
 
 
+class NetworkNeeded(ConnectionError):
+    """Raised when the full profile cannot download a checkpoint or data set."""
+
+
+@contextlib.contextmanager
+def needs_network(what: str):
+    """Turn a failed download of `what` into an error that names the offline profile."""
+    try:
+        yield
+    except OSError as error:  # requests/urllib/huggingface_hub connection errors are OSErrors
+        if isinstance(error, FileNotFoundError) and Path(what).exists():
+            raise
+        raise NetworkNeeded(
+            f"Could not download {what} ({type(error).__name__}: {error}). The full profile needs "
+            "network; without it, set FTLAB_PROFILE=offline, or run `ftlab prefetch` beforehand "
+            "on a machine that has network."
+        ) from error
+
+
 def cache_dir() -> Path:
     """Return ftlab's cache folder (FTLAB_CACHE, else ~/.cache/ftlab)."""
     default = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "ftlab"
@@ -177,8 +196,8 @@ def cache_dir() -> Path:
     return path
 
 
-def temp_path_near(path: Path) -> Path:
-    """Return a fresh temporary path in the folder of `path`, for atomic writes by rename."""
-    handle, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    return Path(name)
+def data_dir() -> Path:
+    """Return where downloaded image data sets live (FTLAB_DATA_DIR, else the cache's data/)."""
+    path = Path(os.environ.get("FTLAB_DATA_DIR", cache_dir() / "data"))
+    path.mkdir(parents=True, exist_ok=True)
+    return path

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from ftlab.assets import needs_network
 from ftlab.profile import EFFICIENTNET_LITE0
 
 
@@ -18,14 +19,15 @@ def text_classifier(name_or_path: str, num_labels: int = 2, pretrained: bool = T
     """
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(name_or_path)
-    if pretrained:
-        model = AutoModelForSequenceClassification.from_pretrained(
-            name_or_path, num_labels=num_labels
-        )
-    else:
-        config = AutoConfig.from_pretrained(name_or_path, num_labels=num_labels)
-        model = AutoModelForSequenceClassification.from_config(config)
+    with needs_network(name_or_path):
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+        if pretrained:
+            model = AutoModelForSequenceClassification.from_pretrained(
+                name_or_path, num_labels=num_labels
+            )
+        else:
+            config = AutoConfig.from_pretrained(name_or_path, num_labels=num_labels)
+            model = AutoModelForSequenceClassification.from_config(config)
     return model, tokenizer
 
 
@@ -38,7 +40,8 @@ def vision_classifier(name: str, num_classes: int, pretrained: bool = True) -> n
     if name == "resnet18":
         from torchvision.models import ResNet18_Weights, resnet18
 
-        model = resnet18(weights=ResNet18_Weights.IMAGENET1K_V1 if pretrained else None)
+        with needs_network("ResNet-18 ImageNet weights"):
+            model = resnet18(weights=ResNet18_Weights.IMAGENET1K_V1 if pretrained else None)
         model.fc = nn.Linear(model.fc.in_features, num_classes)  # 512 -> num_classes
         return model
     if name in (EFFICIENTNET_LITE0, "tf_efficientnet_lite0"):
