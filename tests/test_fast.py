@@ -1,0 +1,149 @@
+"""Tests for ftlab.fast: length-grouped batches, bucketed padding, compile, image helpers."""
+
+import pytest
+import torch
+from torch import nn
+
+from ftlab import fast
+
+
+def _lengths(n=200, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(3, 60, (n,), generator=generator).tolist()
+
+
+def test_sampler_yields_every_index_once_per_epoch():
+    lengths = _lengths(203)
+    sampler = fast.LengthGroupedBatchSampler(lengths, batch_size=16, seed=1)
+    batches = list(sampler)
+    assert len(batches) == len(sampler) == 13
+    assert sorted(i for batch in batches for i in batch) == list(range(203))
+    assert sorted(len(batch) for batch in batches)[1:] == [16] * 12
+
+
+def test_sampler_groups_lengths_and_puts_longest_batch_first():
+    lengths = _lengths(400)
+    grouped = list(fast.LengthGroupedBatchSampler(lengths, batch_size=16, mega_batch_size=400))
+    plain = list(torch.randperm(400, generator=torch.Generator().manual_seed(0)).split(16))
+
+    def padded_tokens(batches):
+        return sum(len(b) * max(lengths[i] for i in b) for b in batches)
+
+    # Sorting within mega-batches wastes far fewer padded tokens than random batches.
+    assert padded_tokens(grouped) < 0.75 * padded_tokens(plain)
+    assert max(lengths) in [lengths[i] for i in grouped[0]]
+
+
+def test_sampler_is_seeded_and_reshuffles_each_epoch():
+    lengths = _lengths()
+    first = fast.LengthGroupedBatchSampler(lengths, batch_size=8, seed=3)
+    second = fast.LengthGroupedBatchSampler(lengths, batch_size=8, seed=3)
+    epoch0 = list(first)
+    assert epoch0 == list(second)
+    assert list(first) != epoch0  # next pass = next epoch, another order
+    first.set_epoch(0)
+    assert list(first) == epoch0
+    assert list(fast.LengthGroupedBatchSampler(lengths, batch_size=8, seed=4)) != epoch0
+
+
+def test_sampler_drop_last_and_bad_input():
+    sampler = fast.LengthGroupedBatchSampler(_lengths(50), batch_size=16, drop_last=True)
+    assert len(sampler) == 3 and all(len(batch) == 16 for batch in sampler)
+    with pytest.raises(ValueError, match="batch_size"):
+        fast.LengthGroupedBatchSampler([1, 2], batch_size=0)
+    with pytest.raises(ValueError, match="mega_batch_size"):
+        fast.LengthGroupedBatchSampler([1, 2], batch_size=8, mega_batch_size=4)
+    with pytest.raises(ValueError, match="non-empty"):
+        fast.LengthGroupedBatchSampler([], batch_size=8)
+
+
+@pytest.mark.parametrize(
+    "length, multiple, max_length, expected",
+    [(1, 32, None, 32), (32, 32, None, 32), (33, 32, 128, 64), (127, 32, 100, 100), (7, 1, 9, 7)],
+)
+def test_bucket_length(length, multiple, max_length, expected):
+    assert fast.bucket_length(length, multiple, max_length) == expected
+
+
+def test_bucket_length_rejects_zero_multiple():
+    with pytest.raises(ValueError, match="multiple"):
+        fast.bucket_length(5, 0)
+
+
+def test_collator_pads_to_bucket_with_masks_and_labels():
+    examples = [
+        {"input_ids": [101, 5, 6, 102], "token_type_ids": [0, 0, 0, 0], "label": 1},
+        {"input_ids": [101, 7, 102], "token_type_ids": [0, 0, 0], "label": 0},
+    ]
+    batch = fast.BucketCollator(pad_token_id=0, multiple=8, max_length=16)(examples)
+    assert batch["input_ids"].shape == batch["attention_mask"].shape == (2, 8)
+    assert batch["input_ids"][1].tolist() == [101, 7, 102, 0, 0, 0, 0, 0]
+    assert batch["attention_mask"].sum(dim=1).tolist() == [4, 3]
+    assert batch["token_type_ids"].shape == (2, 8)
+    assert batch["labels"].tolist() == [1, 0]
+
+
+def test_collator_matches_hugging_face_dynamic_padding_when_multiple_is_one():
+    from tokenizers import Tokenizer, models
+    from transformers import DataCollatorWithPadding, PreTrainedTokenizerFast
+
+    vocab = {"[PAD]": 0, "[UNK]": 1, "a": 2, "b": 3}
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer(models.WordLevel(vocab, unk_token="[UNK]")), pad_token="[PAD]"
+    )
+    examples = [{"input_ids": [2, 3, 3], "labels": 1}, {"input_ids": [3], "labels": 0}]
+    ours = fast.BucketCollator(pad_token_id=0, multiple=1)(examples)
+    theirs = DataCollatorWithPadding(tokenizer)([dict(e) for e in examples])
+    for key in ("input_ids", "attention_mask", "labels"):
+        assert torch.equal(ours[key], theirs[key]), key
+
+
+def test_collator_rejects_too_long_and_unlabelled_examples():
+    collate = fast.BucketCollator(max_length=4)
+    with pytest.raises(ValueError, match="truncation=True"):
+        collate([{"input_ids": [1, 2, 3, 4, 5], "label": 0}])
+    with pytest.raises(KeyError, match="'label'"):
+        collate([{"input_ids": [1, 2]}])
+
+
+def test_compile_model_runs_and_rejects_unknown_mode():
+    model = nn.Linear(4, 2)
+    compiled = fast.compile_model(model, "reduce-overhead", backend="eager")
+    x = torch.randn(3, 4)
+    assert torch.allclose(compiled(x), model(x))
+    with pytest.raises(ValueError, match="compile mode"):
+        fast.compile_model(model, "fastest")
+
+
+def test_image_normalize_matches_float_pipeline_and_channels_last():
+    images = torch.randint(0, 256, (2, 3, 5, 5), dtype=torch.uint8)
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    expected = (images.float() / 255 - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(
+        std
+    ).view(1, 3, 1, 1)
+    normalize = fast.ImageNormalize(mean, std, channels_last=True)
+    out = normalize(images)
+    assert torch.allclose(out, expected, atol=1e-5)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    with pytest.raises(ValueError, match="uint8"):
+        normalize(images.float())
+
+
+def test_channels_last_keeps_outputs():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU())
+    x = torch.randn(2, 3, 8, 8)
+    expected = model(x)
+    fast.channels_last(model)
+    assert model[0].weight.is_contiguous(memory_format=torch.channels_last)
+    assert torch.allclose(
+        model(x.contiguous(memory_format=torch.channels_last)), expected, atol=1e-6
+    )
+
+
+def test_loader_kwargs_and_to_device_on_cpu():
+    assert fast.loader_kwargs("cpu") == {"pin_memory": False, "num_workers": 0}
+    assert fast.loader_kwargs("cuda", num_workers=2)["persistent_workers"] is True
+    assert fast.adamw_kwargs("cpu") == {} and fast.adamw_kwargs("cuda") == {"fused": True}
+    batch = {"x": torch.ones(2), "pair": (torch.zeros(1), 3)}
+    moved = fast.to_device(batch, "cpu")
+    assert torch.equal(moved["x"], batch["x"]) and moved["pair"][1] == 3
