@@ -1,0 +1,405 @@
+"""Choose what to train: freeze by name pattern or by depth, in any model, with one API.
+
+A model is seen as an ordered list of blocks, found from its structure rather than
+hard-coded per architecture: the stem first (BERT's embeddings, ResNet's conv1 + bn1, timm's
+conv_stem + bn1), then each element of the model's one layer stack (BERT's encoder.layer[i],
+timm's blocks[i]) or each stage when there are several (ResNet's layer1..layer4), and the head
+(the model's last child with parameters) last. Modules after the stack (BERT's pooler, timm's
+conv_head + bn2) go with the top block, since they read its output. `blocks=` overrides this.
+
+Patterns are globs (`fnmatch`: `*` also crosses dots) matched against parameter names and the
+names of the modules that contain them: "classifier", "bert.encoder.layer.5", "*.bias".
+
+Freezing sets `requires_grad`; it leaves BatchNorm running statistics alone (they still update in
+train mode). Taught in lesson 04.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from torch import nn
+
+__all__ = [
+    "Block",
+    "GradualUnfreezing",
+    "TrainableReport",
+    "bias_only",
+    "blocks",
+    "discriminative_lr_groups",
+    "freeze",
+    "full",
+    "head_only",
+    "last_k",
+    "layerwise_lr_groups",
+    "trainable_report",
+    "unfreeze",
+]
+
+
+@dataclass(frozen=True)
+class Block:
+    """One block of a model: a name, the modules it holds, and its parameter names in order."""
+
+    name: str
+    modules: tuple[str, ...]
+    parameter_names: tuple[str, ...]
+
+    def parameters(self, model: nn.Module) -> list[nn.Parameter]:
+        """Return this block's parameters in `model`."""
+        named = dict(model.named_parameters())
+        return [named[name] for name in self.parameter_names]
+
+
+def freeze(model: nn.Module, pattern: str | Iterable[str]) -> list[str]:
+    """Freeze the parameters matching a glob pattern (or any of several); return their names.
+
+    Taught in lesson 04.
+    """
+    return _set_requires_grad(model, pattern, False)
+
+
+def unfreeze(model: nn.Module, pattern: str | Iterable[str]) -> list[str]:
+    """Unfreeze the parameters matching a glob pattern (or any of several); return their names.
+
+    Taught in lesson 04.
+    """
+    return _set_requires_grad(model, pattern, True)
+
+
+def blocks(model: nn.Module, override: Sequence | None = None) -> list[Block]:
+    """Return the model's blocks in order, stem first and head last. Taught in lesson 04.
+
+    `override` lists the blocks yourself, bottom to top with the head last: each entry a glob
+    pattern or a list of patterns, e.g. `["embed*", "layers.0", "layers.1", "out"]`.
+    """
+    if override is not None:
+        return _blocks_from_patterns(model, override)
+    children = _parameterised_children("", model)
+    if not children:
+        raise ValueError(f"{type(model).__name__} has no parameters, so it has no blocks")
+    *trunk, head = children
+    direct = [name for name, _ in model.named_parameters(recurse=False)]
+    while len(trunk) == 1 and _find_stack(*trunk[0]) is None and _parameterised_children(*trunk[0]):
+        name, module = trunk[0]  # a wrapper such as BertModel inside BertForSequenceClassification
+        direct += [f"{name}.{p}" for p, _ in module.named_parameters(recurse=False)]
+        trunk = _parameterised_children(name, module)
+    found = [_block(model, group) for group in _group_trunk(trunk)]
+    if direct:
+        stem = found[0] if found else Block("", (), ())
+        found[:1] = [
+            Block(stem.name or "direct", stem.modules, tuple(direct) + stem.parameter_names)
+        ]
+    return found + [_block(model, [head])]
+
+
+def head_only(model: nn.Module, blocks: Sequence | None = None) -> nn.Module:
+    """Freeze everything except the head (the last block). Taught in lesson 04."""
+    return last_k(model, 0, blocks=blocks)
+
+
+def last_k(model: nn.Module, k: int, blocks: Sequence | None = None) -> nn.Module:
+    """Train the head and the top `k` blocks below it; freeze the rest. Taught in lesson 04."""
+    found = _resolve_blocks(model, blocks)
+    below_head = len(found) - 1
+    if not isinstance(k, int) or not 0 <= k <= below_head:
+        names = ", ".join(block.name for block in found[:-1])
+        raise ValueError(
+            f"k must be an integer from 0 to {below_head}: {type(model).__name__} has {below_head} "
+            f"blocks below its head ({names}); got k={k!r}"
+        )
+    model.requires_grad_(False)
+    for block in found[len(found) - 1 - k :]:
+        for parameter in block.parameters(model):
+            parameter.requires_grad_(True)
+    return model
+
+
+def bias_only(model: nn.Module, blocks: Sequence | None = None) -> nn.Module:
+    """Train only the bias terms and the head (BitFit, Ben Zaken et al. 2022).
+
+    Taught in lesson 04.
+    """
+    head_only(model, blocks=blocks)
+    _set_requires_grad(model, "*.bias", True)
+    return model
+
+
+def full(model: nn.Module) -> nn.Module:
+    """Unfreeze every parameter (full fine-tuning). Taught in lesson 04."""
+    return model.requires_grad_(True)
+
+
+class GradualUnfreezing:
+    """An `ftlab.fit` callback: train the head, then unfreeze one more block per epoch, top first.
+
+    Epoch 0 trains the head only, epoch e the head and the top e blocks (ULMFiT, Howard & Ruder
+    2018). With `every_steps=N` a block is added every N optimizer steps instead, for short runs.
+    Newly unfrozen parameters missing from the optimizer are added as a new parameter group with
+    the current learning rate of the first group, so any optimizer works; an optimizer built on
+    all parameters from the start also works (AdamW skips parameters whose grad is None).
+    Taught in lesson 04.
+    """
+
+    def __init__(self, blocks: Sequence | None = None, every_steps: int | None = None):
+        if every_steps is not None and (not isinstance(every_steps, int) or every_steps < 1):
+            raise ValueError(f"every_steps must be a positive integer or None, got {every_steps!r}")
+        self.blocks, self.every_steps = blocks, every_steps
+        self.unfrozen: list[int] = []  # number of blocks below the head unfrozen, per change
+
+    def on_train_start(self, state) -> None:
+        """Freeze everything but the head before the first step."""
+        self._found = _resolve_blocks(state.model, self.blocks)
+        self._apply(state, 0)
+
+    def on_epoch_start(self, state) -> None:
+        """Unfreeze the top `epoch` blocks (epoch counts from 0)."""
+        if self.every_steps is None:
+            self._apply(state, state.epoch)
+
+    def on_step_end(self, state) -> None:
+        """With `every_steps`, unfreeze one more block every `every_steps` steps."""
+        if self.every_steps is not None and state.step % self.every_steps == 0:
+            self._apply(state, state.step // self.every_steps)
+
+    def _apply(self, state, k: int) -> None:
+        k = min(k, len(self._found) - 1)
+        if self.unfrozen and self.unfrozen[-1] == k:
+            return
+        last_k(state.model, k, blocks=self._found)
+        _add_missing_to_optimizer(state.model, state.optimizer)
+        self.unfrozen.append(k)
+
+
+def layerwise_lr_groups(
+    model: nn.Module, lr: float, decay: float, blocks: Sequence | None = None
+) -> list[dict]:
+    """Return optimizer parameter groups: the head at `lr`, each block below at lr·decay^depth.
+
+    Depth counts blocks below the head (the top block has depth 1). Only trainable parameters
+    are included, each once; empty groups are left out. Taught in lesson 04.
+    """
+    if not 0 < decay <= 1:
+        raise ValueError(f"decay must be in (0, 1], got {decay}; 1 means the same lr everywhere")
+    found = _resolve_blocks(model, blocks)
+    lrs = [lr * decay ** (len(found) - 1 - index) for index in range(len(found))]
+    return discriminative_lr_groups(model, lrs, blocks=found)
+
+
+def discriminative_lr_groups(
+    model: nn.Module, lrs: Sequence[float] | dict[str, float], blocks: Sequence | None = None
+) -> list[dict]:
+    """Return parameter groups with an explicit lr per block (a list bottom to top, or a dict).
+
+    Each group is `{"params", "lr", "name"}`; only trainable parameters, each once; a trainable
+    parameter outside every block is an error. Taught in lesson 04.
+    """
+    found = _resolve_blocks(model, blocks)
+    names = [block.name for block in found]
+    if isinstance(lrs, dict):
+        unknown = sorted(set(lrs) - set(names))
+        if unknown or len(lrs) != len(found):
+            raise ValueError(f"lrs must give one lr for each block {names}; got keys {list(lrs)}")
+        lrs = [lrs[name] for name in names]
+    if len(lrs) != len(found):
+        raise ValueError(f"got {len(lrs)} lrs for {len(found)} blocks {names}: give one per block")
+    named = dict(model.named_parameters())
+    groups = []
+    for block, lr in zip(found, lrs, strict=True):
+        params = [named[n] for n in block.parameter_names if named[n].requires_grad]
+        if params:
+            groups.append({"params": params, "lr": lr, "name": block.name})
+    covered = {n for block in found for n in block.parameter_names}
+    left_out = [n for n, p in named.items() if p.requires_grad and n not in covered]
+    if left_out:
+        raise ValueError(
+            f"trainable parameters outside every block would not train: {left_out[:5]}"
+        )
+    return groups
+
+
+@dataclass
+class TrainableReport:
+    """Per block, trainable and total parameters; prints as a table. Taught in lesson 04."""
+
+    rows: list[tuple[str, int, int]]  # (block, trainable, total)
+
+    @property
+    def trainable(self) -> int:
+        """Return the number of trainable parameters."""
+        return sum(row[1] for row in self.rows)
+
+    @property
+    def total(self) -> int:
+        """Return the number of parameters."""
+        return sum(row[2] for row in self.rows)
+
+    @property
+    def adamw_state_bytes(self) -> int:
+        """Return AdamW's state size in fp32: two moments per trainable parameter, 4 bytes each."""
+        return 2 * self.trainable * 4
+
+    def __repr__(self) -> str:
+        width = max([len("block")] + [len(row[0]) for row in self.rows])
+        lines = [f"{'block':<{width}}  {'trainable':>11}  {'total':>11}"]
+        for name, trainable, total in self.rows + [("total", self.trainable, self.total)]:
+            lines.append(f"{name:<{width}}  {trainable:>11,}  {total:>11,}")
+        share = self.trainable / max(self.total, 1)
+        lines.append(
+            f"trainable share {share:.2%}, AdamW state {self.adamw_state_bytes / 2**20:.1f} MiB"
+        )
+        return "\n".join(lines)
+
+
+def trainable_report(model: nn.Module, blocks: Sequence | None = None) -> TrainableReport:
+    """Return, per block, the trainable and total parameter counts. Taught in lesson 04."""
+    found = _resolve_blocks(model, blocks)
+    named = dict(model.named_parameters())
+    rows = []
+    for block in found:
+        params = [named[n] for n in block.parameter_names]
+        rows.append(
+            (
+                block.name,
+                sum(p.numel() for p in params if p.requires_grad),
+                sum(p.numel() for p in params),
+            )
+        )
+    covered = {n for block in found for n in block.parameter_names}
+    rest = [p for n, p in named.items() if n not in covered]
+    if rest:
+        rows.append(
+            (
+                "(outside blocks)",
+                sum(p.numel() for p in rest if p.requires_grad),
+                sum(p.numel() for p in rest),
+            )
+        )
+    return TrainableReport(rows)
+
+
+# --- private helpers -----------------------------------------------------------------------
+
+
+def _set_requires_grad(model: nn.Module, pattern: str | Iterable[str], value: bool) -> list[str]:
+    patterns = [pattern] if isinstance(pattern, str) else list(pattern)
+    matched = _match(model, patterns)
+    named = dict(model.named_parameters())
+    for name in matched:
+        named[name].requires_grad_(value)
+    return matched
+
+
+def _match(model: nn.Module, patterns: list[str]) -> list[str]:
+    """Return the parameter names matching any pattern; raise if a pattern matches nothing."""
+    names = [name for name, _ in model.named_parameters()]
+    matched = []
+    for pattern in patterns:
+        hits = [name for name in names if _matches(name, pattern)]
+        if not hits:
+            modules = [name for name, _ in model.named_modules() if name]
+            close = difflib.get_close_matches(pattern, names + modules, n=5, cutoff=0.0)
+            raise ValueError(
+                f"pattern {pattern!r} matches no parameter of {type(model).__name__}. Patterns are "
+                f"globs on parameter or module names; closest names: {close}"
+            )
+        matched += [name for name in hits if name not in matched]
+    return matched
+
+
+def _matches(name: str, pattern: str) -> bool:
+    """True if the glob matches the parameter name or a module that contains it."""
+    parts = name.split(".")
+    prefixes = (".".join(parts[:i]) for i in range(len(parts), 0, -1))
+    return any(fnmatch.fnmatchcase(prefix, pattern) for prefix in prefixes)
+
+
+def _resolve_blocks(model: nn.Module, given: Sequence | None) -> list[Block]:
+    if given is None:
+        return blocks(model)
+    if all(isinstance(block, Block) for block in given):
+        return list(given)
+    return blocks(model, override=given)
+
+
+def _blocks_from_patterns(model: nn.Module, override: Sequence) -> list[Block]:
+    if isinstance(override, str) or len(override) < 1:
+        raise ValueError("override must be a list of blocks (patterns), bottom to top, head last")
+    found, seen = [], {}
+    for entry in override:
+        patterns = [entry] if isinstance(entry, str) else list(entry)
+        names = _match(model, patterns)
+        twice = [name for name in names if name in seen]
+        if twice:
+            raise ValueError(f"{twice[0]!r} is in block {seen[twice[0]]!r} and in {patterns}")
+        block_name = " + ".join(patterns)
+        seen.update(dict.fromkeys(names, block_name))
+        found.append(Block(block_name, tuple(patterns), tuple(names)))
+    return found
+
+
+def _parameterised_children(prefix: str, module: nn.Module) -> list[tuple[str, nn.Module]]:
+    """Return (qualified name, child) for each direct child holding parameters."""
+    return [
+        (f"{prefix}.{name}" if prefix else name, child)
+        for name, child in module.named_children()
+        if any(True for _ in child.parameters())
+    ]
+
+
+def _find_stack(name: str, module: nn.Module) -> tuple[str, nn.Module] | None:
+    """Return the layer stack (ModuleList/Sequential of 2+ blocks) at or just inside `module`."""
+    while True:
+        children = _parameterised_children(name, module)
+        if isinstance(module, (nn.ModuleList, nn.Sequential)) and len(children) >= 2:
+            return name, module
+        if len(children) != 1 or any(True for _ in module.parameters(recurse=False)):
+            return None
+        name, module = children[0]  # e.g. BertEncoder -> its ModuleList `layer`
+
+
+def _group_trunk(trunk: list[tuple[str, nn.Module]]) -> list[list[tuple[str, nn.Module]]]:
+    """Split the modules below the head into blocks (see the module docstring)."""
+    stacks = [_find_stack(name, module) for name, module in trunk]
+    expand = sum(stack is not None for stack in stacks) == 1
+    groups, run, after_stack = [], [], False
+    for (name, module), stack in zip(trunk, stacks, strict=True):
+        if stack is None:
+            run.append((name, module))
+            continue
+        if run:
+            groups.append(run)
+        run, after_stack = [], True
+        if expand:
+            groups += [[child] for child in _parameterised_children(*stack)]
+        else:
+            groups.append([(name, module)])  # one of several stages, e.g. ResNet's layer2
+    if run and after_stack:
+        groups[-1] = groups[-1] + run  # pooler / conv_head read the top block's output
+    elif run:
+        groups.append(run)
+    return groups
+
+
+def _block(model: nn.Module, group: list[tuple[str, nn.Module]]) -> Block:
+    modules = tuple(name for name, _ in group)
+    parameter_names = tuple(
+        parameter_name
+        for name, module in group
+        for parameter_name, _ in module.named_parameters(prefix=name)
+    )
+    return Block(" + ".join(modules), modules, parameter_names)
+
+
+def _add_missing_to_optimizer(model: nn.Module, optimizer) -> None:
+    """Add trainable parameters the optimizer does not hold, with its first group's settings."""
+    if optimizer is None:
+        return
+    held = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    missing = [p for p in model.parameters() if p.requires_grad and id(p) not in held]
+    if missing:
+        settings = {k: v for k, v in optimizer.param_groups[0].items() if k != "params"}
+        optimizer.add_param_group({**settings, "params": missing})
