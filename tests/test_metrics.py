@@ -1,0 +1,78 @@
+"""ftlab.metrics against hand-counted cases and scikit-learn (when installed)."""
+
+import pytest
+import torch
+
+from ftlab.metrics import accuracy, confusion_matrix, get_metric, macro_f1
+
+PREDS = torch.tensor([0, 1, 1, 2, 2, 2, 0])
+LABELS = torch.tensor([0, 1, 2, 2, 2, 0, 0])
+
+
+def test_accuracy_from_preds_and_from_logits():
+    assert accuracy(PREDS, LABELS) == pytest.approx(5 / 7)
+    logits = torch.nn.functional.one_hot(PREDS, 3).float() * 5 - 1  # argmax = PREDS
+    assert accuracy(logits, LABELS) == pytest.approx(5 / 7)
+    assert accuracy(LABELS, LABELS) == 1.0
+
+
+def test_accuracy_rejects_mismatched_shapes_and_empty_input():
+    with pytest.raises(ValueError, match="do not match labels"):
+        accuracy(torch.zeros(3), torch.zeros(4))
+    with pytest.raises(ValueError, match="empty"):
+        accuracy(torch.zeros(0), torch.zeros(0))
+
+
+def test_confusion_matrix_counts_rows_as_true_columns_as_predicted():
+    cm = confusion_matrix(PREDS, LABELS, num_classes=3)
+    expected = torch.tensor([[2, 0, 1], [0, 1, 0], [0, 1, 2]])
+    assert torch.equal(cm, expected)
+    assert cm.sum() == len(LABELS)
+    assert confusion_matrix(PREDS, LABELS).shape == (3, 3)  # num_classes inferred
+    assert confusion_matrix(PREDS, LABELS, num_classes=5).shape == (5, 5)
+
+
+def test_confusion_matrix_rejects_class_ids_out_of_range():
+    with pytest.raises(ValueError, match="raise num_classes"):
+        confusion_matrix(PREDS, LABELS, num_classes=2)
+
+
+def test_macro_f1_by_hand():
+    # F1 = 2tp / (2tp + fp + fn): class 0 -> 4/5, class 1 -> 2/3, class 2 -> 4/6
+    assert macro_f1(PREDS, LABELS) == pytest.approx((0.8 + 2 / 3 + 2 / 3) / 3)
+    assert macro_f1(LABELS, LABELS) == 1.0
+    assert macro_f1(torch.ones(4), torch.zeros(4)) == 0.0  # all wrong: both classes score 0
+
+
+def test_macro_f1_matches_scikit_learn_on_random_and_extreme_inputs():
+    sklearn_metrics = pytest.importorskip("sklearn.metrics")
+    generator = torch.Generator().manual_seed(0)
+    cases = [
+        (torch.randint(0, 4, (50,), generator=generator), torch.randint(0, 4, (50,)))
+        for _ in range(5)
+    ]
+    cases += [
+        (torch.zeros(6, dtype=torch.long), torch.tensor([0, 0, 1, 1, 2, 2]))
+    ]  # one class predicted
+    for preds, labels in cases:
+        expected = sklearn_metrics.f1_score(labels, preds, average="macro")
+        assert macro_f1(preds, labels) == pytest.approx(expected)
+        expected_all = sklearn_metrics.f1_score(
+            labels, preds, average="macro", labels=list(range(6)), zero_division=0
+        )
+        assert macro_f1(preds, labels, num_classes=6) == pytest.approx(expected_all)
+        assert torch.equal(
+            confusion_matrix(preds, labels, 4),
+            torch.as_tensor(sklearn_metrics.confusion_matrix(labels, preds, labels=range(4))),
+        )
+
+
+def test_get_metric_accepts_names_and_functions_and_rejects_unknown_names():
+    assert get_metric("macro_f1") == ("macro_f1", macro_f1)
+
+    def top_class_share(logits, labels):
+        return 0.5
+
+    assert get_metric(top_class_share)[0] == "top_class_share"
+    with pytest.raises(ValueError, match="unknown metric"):
+        get_metric("f1")
