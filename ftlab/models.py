@@ -54,15 +54,53 @@ def vision_classifier(name: str, num_classes: int, pretrained: bool = True) -> n
 
 
 def image_normalization(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Return the (mean, std) the backbone's pretrained weights expect."""
-    if name == "resnet18":
-        from torchvision.models import ResNet18_Weights
+    """Return the (mean, std) the backbone's pretrained weights expect. Taught in lesson 03."""
+    from ftlab.data.images import weights_preprocessing
 
-        meta = ResNet18_Weights.IMAGENET1K_V1.transforms()
-        return tuple(meta.mean), tuple(meta.std)
-    if name in (EFFICIENTNET_LITE0, "tf_efficientnet_lite0"):
-        return (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
-    raise ValueError(f"unknown vision model {name!r}; use 'resnet18' or {EFFICIENTNET_LITE0!r}")
+    pre = weights_preprocessing(name)
+    return pre.mean, pre.std
+
+
+def backbone_of(model: nn.Module) -> nn.Module:
+    """Return the model without its head: images -> pooled features (batch, feature_dim).
+
+    The result shares the model's weights, so a head trained on its features is the model's
+    own head. Works for the torchvision ResNets and timm models built by `vision_classifier`.
+    Taught in lesson 03.
+    """
+    from torchvision.models import ResNet
+
+    if isinstance(model, ResNet):
+        # conv1 ... layer4, avgpool: everything but fc, then (batch, 512, 1, 1) -> (batch, 512)
+        return nn.Sequential(*list(model.children())[:-1], nn.Flatten(1))
+    if hasattr(model, "forward_features") and hasattr(model, "forward_head"):
+        return _TimmPreLogits(model)
+    raise ValueError(
+        f"cannot split {type(model).__name__} into backbone and head; "
+        "use a model from ftlab.models.vision_classifier"
+    )
+
+
+class _TimmPreLogits(nn.Module):
+    """A timm model's forward up to (not through) its classifier: the pooled features."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, images):
+        features = self.model.forward_features(images)  # (batch, channels, h, w)
+        return self.model.forward_head(features, pre_logits=True)  # (batch, channels)
+
+
+def imagenet_classes() -> list[str]:
+    """Return the 1000 ImageNet class names in the standard order (from torchvision's metadata).
+
+    Taught in lesson 03.
+    """
+    from torchvision.models import ResNet18_Weights
+
+    return list(ResNet18_Weights.IMAGENET1K_V1.meta["categories"])
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:

@@ -1,0 +1,100 @@
+"""Tests for ftlab.models: vision classifiers, their backbones and heads, ImageNet names."""
+
+import pytest
+import torch
+from torch import nn
+
+from ftlab.data.images import eval_transform
+from ftlab.models import (
+    backbone_of,
+    count_parameters,
+    head_of,
+    image_normalization,
+    imagenet_classes,
+    vision_classifier,
+)
+from ftlab.profile import EFFICIENTNET_LITE0
+
+
+@pytest.fixture(scope="module")
+def resnet():
+    torch.manual_seed(0)
+    return vision_classifier("resnet18", num_classes=5, pretrained=False).eval()
+
+
+@pytest.fixture(scope="module")
+def efficientnet():
+    return vision_classifier(EFFICIENTNET_LITE0, num_classes=3, pretrained=True).eval()
+
+
+def test_resnet18_gets_a_new_fc_head(resnet):
+    assert head_of(resnet) is resnet.fc
+    assert (resnet.fc.in_features, resnet.fc.out_features) == (512, 5)
+    assert resnet(torch.randn(2, 3, 64, 64)).shape == (2, 5)
+
+
+def test_efficientnet_gets_a_new_classifier_head(efficientnet):
+    assert head_of(efficientnet) is efficientnet.classifier
+    assert (efficientnet.classifier.in_features, efficientnet.classifier.out_features) == (1280, 3)
+
+
+def test_unknown_vision_model_is_rejected():
+    with pytest.raises(ValueError, match="resnet18"):
+        vision_classifier("vgg16", num_classes=2)
+
+
+@pytest.mark.parametrize("which", ["resnet", "efficientnet"])
+def test_backbone_then_head_equals_the_whole_model(which, request):
+    model = request.getfixturevalue(which)
+    images = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        features = backbone_of(model)(images)  # (2, feature_dim)
+        assert features.shape == (2, head_of(model).in_features)
+        torch.testing.assert_close(head_of(model)(features), model(images))
+
+
+def test_backbone_shares_the_models_weights(resnet):
+    backbone = backbone_of(resnet)
+    assert backbone[0].weight is resnet.conv1.weight
+    head_ids = {id(p) for p in head_of(resnet).parameters()}
+    assert not head_ids & {id(p) for p in backbone.parameters()}
+
+
+def test_backbone_of_an_unknown_model_is_an_error():
+    with pytest.raises(ValueError, match="vision_classifier"):
+        backbone_of(nn.Linear(3, 3))
+
+
+def test_imagenet_classes_are_the_1000_names_in_standard_order():
+    names = imagenet_classes()
+    assert len(names) == 1000 and names[0] == "tench" and names[281] == "tabby"
+
+
+def test_pretrained_efficientnet_recognises_a_cat():
+    from skimage import data as skdata
+
+    from ftlab.assets import efficientnet_lite0
+
+    model = efficientnet_lite0(pretrained=True).eval()  # keep the ImageNet head
+    image = torch.from_numpy(skdata.chelsea()).permute(2, 0, 1)  # (3, 300, 451) uint8, a cat
+    with torch.no_grad():
+        logits = model(eval_transform(EFFICIENTNET_LITE0)(image)[None])  # (1, 1000)
+    top5 = [imagenet_classes()[i] for i in logits[0].topk(5).indices]
+    assert {"tabby", "tiger cat", "Egyptian cat"} & set(top5), top5
+
+
+def test_image_normalization_matches_the_weights():
+    assert image_normalization(EFFICIENTNET_LITE0) == ((0.5,) * 3, (0.5,) * 3)
+    assert image_normalization("resnet18") == ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+
+
+def test_count_parameters_counts_only_trainable_ones_when_asked():
+    model = nn.Sequential(nn.Linear(4, 3), nn.Linear(3, 2))  # 15 + 8 parameters
+    model[0].requires_grad_(False)
+    assert count_parameters(model) == 23
+    assert count_parameters(model, trainable_only=True) == 8
+
+
+def test_head_of_a_model_without_a_head_is_an_error():
+    with pytest.raises(ValueError, match="no head"):
+        head_of(nn.Sequential(nn.Linear(2, 2)))
