@@ -46,7 +46,11 @@ def save(checkpoint_dir, state, keep_last: int = 2, epoch_done: bool = False) ->
         "scheduler": state.scheduler.state_dict(),
         "scaler": state.scaler.state_dict(),
         "history": state.history.to_dict(),
-        "callbacks": [_state_of(callback) for callback in state.callbacks],
+        "callbacks": [
+            (type(callback).__name__, callback.state_dict())
+            for callback in state.callbacks
+            if hasattr(callback, "state_dict")
+        ],
         "rng": rng_states(),
     }
     path = folder / f"{PREFIX}{state.step:08d}{SUFFIX}"
@@ -70,9 +74,7 @@ def resume(checkpoint_dir, state, verbose: bool = True) -> Path | None:
     state.scheduler.load_state_dict(saved["scheduler"])
     state.scaler.load_state_dict(saved["scaler"])
     state.history = type(state.history).from_dict(saved["history"])
-    for callback, callback_state in zip(state.callbacks, saved["callbacks"], strict=False):
-        if callback_state is not None and hasattr(callback, "load_state_dict"):
-            callback.load_state_dict(callback_state)
+    _load_callbacks(state.callbacks, saved["callbacks"])
     for key in ("epoch", "batch_in_epoch", "step", "data_seed", "batch_splits"):
         setattr(state, key, saved[key])
     set_rng_states(saved["rng"])
@@ -170,5 +172,12 @@ def _without_first_batches(train_dl: DataLoader, skip: int) -> DataLoader:
     )
 
 
-def _state_of(callback):
-    return callback.state_dict() if hasattr(callback, "state_dict") else None
+def _load_callbacks(callbacks, saved: list) -> None:
+    """Give each callback the saved state of the first unused one of the same class."""
+    saved = list(saved)
+    for callback in callbacks:
+        name = type(callback).__name__
+        match = next((entry for entry in saved if entry[0] == name), None)
+        if match is not None and hasattr(callback, "load_state_dict"):
+            callback.load_state_dict(match[1])
+            saved.remove(match)

@@ -5,7 +5,13 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from tiny_models import loaders, mlp, tiny_bert, token_loaders
+from tiny_models import (
+    loaders,
+    mlp,
+    one_thread,  # noqa: F401 (autouse fixture)
+    tiny_bert,
+    token_loaders,
+)
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -297,3 +303,125 @@ def test_fit_rejects_unknown_batch_shapes_with_a_clear_message():
     triples = DataLoader(TensorDataset(torch.randn(8, 8), torch.zeros(8).long(), torch.zeros(8)))
     with pytest.raises(TypeError, match="dict with 'labels' or an \\(inputs, labels\\) pair"):
         fit(mlp(), triples, check=False, **QUIET)
+
+
+class NanAfter(nn.Module):
+    """An MLP whose logits turn NaN from the `bad_call`-th forward on."""
+
+    def __init__(self, bad_call):
+        super().__init__()
+        self.net, self.calls, self.bad_call = mlp(), 0, bad_call
+
+    def forward(self, x):
+        self.calls += 1
+        logits = self.net(x)
+        return logits * float("nan") if self.calls >= self.bad_call else logits
+
+
+def test_a_nan_loss_stops_training_and_names_the_step_and_causes():
+    train_dl, _ = loaders(batch_size=4)  # 24 steps; read back at steps 10 and 20
+    with pytest.raises(FloatingPointError, match=r"loss is nan at step 13 \(epoch 0\)") as error:
+        fit(NanAfter(bad_call=13), train_dl, check=False, **QUIET)
+    assert "learning rate is too high" in str(error.value)
+    assert "fp16" not in str(error.value)  # fp32 run: no fp16 advice
+
+
+class MemoryHungry(nn.Module):
+    """An MLP that raises CUDA's out-of-memory error for batches larger than `limit`."""
+
+    def __init__(self, limit):
+        super().__init__()
+        self.net, self.limit, self.sizes = mlp(), limit, []
+
+    def forward(self, x):
+        self.sizes.append(len(x))
+        if len(x) > self.limit:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return self.net(x)
+
+
+def test_out_of_memory_names_the_batch_size_and_the_fix():
+    train_dl, _ = loaders(batch_size=16)
+    with pytest.raises(torch.OutOfMemoryError, match="batch of 16 examples") as error:
+        fit(MemoryHungry(limit=4), train_dl, check=False, grad_accum_steps=2, **QUIET)
+    assert "grad_accum_steps=4" in str(error.value) and "oom_retry=True" in str(error.value)
+
+
+def test_oom_retry_halves_the_batch_and_gives_the_same_weights():
+    train_dl, _ = loaders(batch_size=16, shuffle=False)
+    hungry = MemoryHungry(limit=4)
+    options = {"lr": 1e-2, "scheduler": None, "check": False, **QUIET}
+    fit(hungry, train_dl, oom_retry=True, **options)
+    assert hungry.sizes[:4] == [16, 8, 4, 4] and set(hungry.sizes[4:]) == {4}
+    reference = mlp()
+    fit(reference, train_dl, **options)
+    for a, b in zip(hungry.net.parameters(), reference.parameters(), strict=True):
+        assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_labels_outside_the_model_outputs_are_refused_before_training():
+    x = torch.randn(16, 8)
+    bad_dl = DataLoader(TensorDataset(x, torch.arange(16) % 5), batch_size=8)  # labels 0..4
+    for check in (True, False):
+        with pytest.raises(ValueError, match=r"labels range over \[0, 4\] but the model has 3"):
+            fit(mlp(), bad_dl, check=check, **QUIET)
+    data = [{**example, "labels": torch.tensor(2)} for example in token_loaders()[1].dataset]
+    with pytest.raises(ValueError, match="num_labels=3"):
+        fit(tiny_bert(num_labels=2), DataLoader(data, batch_size=8), **QUIET)
+
+
+def test_an_empty_loader_is_refused():
+    empty = DataLoader(TensorDataset(torch.randn(0, 8), torch.zeros(0).long()), batch_size=4)
+    with pytest.raises(ValueError, match="train_dl is empty"):
+        fit(mlp(), empty, **QUIET)
+
+
+class StrayTensor(nn.Module):
+    """A module whose tensor attribute is not a registered buffer, so .to(device) misses it."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = mlp()
+        self.offset = torch.zeros(1, 3, device="meta")  # stands for a tensor left on the GPU
+
+    def forward(self, x):
+        return torch.cat([self.net(x), self.offset.expand(len(x), 3)])
+
+
+class OtherDevice(nn.Module):
+    """Raises the error CUDA gives when a batch and a layer sit on different devices."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = mlp()
+
+    def forward(self, x):
+        raise RuntimeError(
+            "Expected all tensors to be on the same device, but found cuda:0 and cpu!"
+        )
+
+
+@pytest.mark.parametrize("model_class", [StrayTensor, OtherDevice])
+def test_model_and_batch_on_different_devices_get_a_clear_message(model_class):
+    train_dl, _ = loaders()
+    with pytest.raises(RuntimeError, match="model and batch are on different devices") as error:
+        fit(model_class(), train_dl, check=False, **QUIET)
+    assert "register_buffer" in str(error.value) and "['cpu']" in str(error.value)
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16", "fp32", "auto"])
+def test_each_precision_trains_and_auto_means_fp32_on_the_cpu(precision):
+    seen = {}
+
+    class Peek:
+        def on_train_start(self, state):
+            seen["precision"] = state.precision
+            seen["scaler"] = state.scaler.is_enabled()
+
+    train_dl, _ = loaders()
+    history = fit(mlp(), train_dl, lr=1e-2, precision=precision, callbacks=[Peek()], **QUIET)
+    assert all(math.isfinite(loss) for loss in history.step_losses)
+    assert seen["precision"] == ("fp32" if precision == "auto" else precision)
+    assert seen["scaler"] == (precision == "fp16")  # a GradScaler only for fp16
+    with pytest.raises(ValueError, match="precision must be"):
+        fit(mlp(), train_dl, precision="fp8", **QUIET)

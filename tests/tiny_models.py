@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 NUM_FEATURES, NUM_LABELS = 8, 3
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Run tiny models on one CPU thread: on a busy machine two threads are 10x slower here."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def mlp(num_labels: int = NUM_LABELS, seed: int = 0) -> nn.Module:
