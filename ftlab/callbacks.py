@@ -151,26 +151,27 @@ class StepLog:
     """Keep step losses on the device, read them back every LOG_EVERY steps into History and bar."""
 
     def __init__(self, state: TrainState, progress: bool, num_epochs: int):
-        self.state, self.progress, self.num_epochs = state, progress, num_epochs
+        self.state, self.show, self.num_epochs = state, progress, num_epochs
         self.pending = []  # (step, epoch, loss tensor, lr) not yet read back
         self.step_loss, self.micro_batches, self.lr = 0.0, 0, None
         self.samples, self.clock, self.progress_bar = 0, time.perf_counter(), None
 
-    def bar(self, batches, num_batches: int):
-        """Wrap the batches of one epoch in a tqdm bar (nothing shown when progress=False)."""
+    def progress(self, batches, num_batches: int | None):
+        """Open this epoch's tqdm bar (nothing shown when progress=False); return the batches."""
         description = f"epoch {self.state.epoch + 1}/{self.num_epochs}"
         self.progress_bar = tqdm(
-            batches, total=num_batches, initial=self.state.batch_in_epoch, desc=description,
-            disable=not self.progress, dynamic_ncols=True,
+            total=num_batches, initial=self.state.batch_in_epoch, desc=description,
+            disable=not self.show, dynamic_ncols=True,
         )  # fmt: skip
         self.samples, self.clock = 0, time.perf_counter()
-        return self.progress_bar
+        return batches
 
     def add_batch(self, loss: torch.Tensor, num_samples: int) -> None:
         """Add one (micro-)batch's detached loss, without reading it back."""
         self.step_loss = self.step_loss + loss
         self.micro_batches += 1
         self.samples += num_samples
+        self.progress_bar.update(1)
         self.lr = self.state.optimizer.param_groups[0]["lr"]  # the lr this step uses
 
     def end_step(self) -> None:

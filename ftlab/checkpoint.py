@@ -70,6 +70,7 @@ def resume(checkpoint_dir, state, verbose: bool = True) -> Path | None:
         return None
     saved = torch.load(found[-1], map_location="cpu", weights_only=False)
     state.model.load_state_dict(saved["model"])
+    _check_param_groups(state.optimizer, saved["optimizer"], found[-1])
     state.optimizer.load_state_dict(saved["optimizer"])
     state.scheduler.load_state_dict(saved["scheduler"])
     state.scaler.load_state_dict(saved["scaler"])
@@ -114,8 +115,9 @@ def epoch_batches(train_dl, state):
         if hasattr(sampler, "generator"):  # RandomSampler: shuffle with our generator
             sampler.generator = generator
         train_dl.generator = generator  # worker seeds come from it, not from the global RNG
-        if hasattr(sampler, "set_epoch"):  # DistributedSampler
-            sampler.set_epoch(state.epoch)
+        for sampler in (train_dl.sampler, train_dl.batch_sampler):
+            if hasattr(sampler, "set_epoch"):  # DistributedSampler, length-grouped batches
+                sampler.set_epoch(state.epoch)
     skip = state.batch_in_epoch
     if skip == 0:
         return iter(train_dl)
@@ -170,6 +172,16 @@ def _without_first_batches(train_dl: DataLoader, skip: int) -> DataLoader:
         prefetch_factor=train_dl.prefetch_factor,
         persistent_workers=train_dl.persistent_workers,
     )
+
+
+def _check_param_groups(optimizer, saved: dict, path) -> None:
+    now, then = len(optimizer.param_groups), len(saved["param_groups"])
+    if now != then:
+        raise ValueError(
+            f"{path} holds an optimizer with {then} parameter groups, this one has {now} "
+            "(a callback such as GradualUnfreezing added groups during training). Fix: build "
+            "the optimizer over all parameters from the start and pass it to fit"
+        )
 
 
 def _load_callbacks(callbacks, saved: list) -> None:

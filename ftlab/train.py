@@ -62,6 +62,7 @@ def fit(
     if checkpoint_dir and resume:
         checkpoint.resume(checkpoint_dir, state, verbose=progress)
     log = StepLog(state, progress, num_epochs)
+    num_batches = _num_batches(train_dl)  # None for a loader without a length
     state.call("on_train_start")
     for epoch in range(state.epoch, num_epochs):
         if state.step >= total_steps or state.stop:
@@ -70,11 +71,11 @@ def fit(
         model.train()
         state.call("on_epoch_start")
         batches = checkpoint.epoch_batches(train_dl, state)  # seeded order, resumable
-        for step, batch in enumerate(log.bar(batches, len(train_dl)), state.batch_in_epoch):
+        for step, batch in enumerate(log.progress(batches, num_batches), state.batch_in_epoch):
             batch = to_device(batch, device)
             loss = forward_backward(state, batch, grad_accum_steps)  # autocast, loss, backward
             log.add_batch(loss, _batch_size(batch))
-            if (step + 1) % grad_accum_steps == 0 or step + 1 == len(train_dl):
+            if (step + 1) % grad_accum_steps == 0 or step + 1 == num_batches:
                 optimizer_step(optimizer, scaler, max_grad_norm)
                 state.scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
@@ -319,12 +320,18 @@ def _device_of(model) -> torch.device:
     return first.device if first is not None else torch.device("cpu")
 
 
-def _total_steps(train_dl, num_epochs: int, grad_accum_steps: int, max_steps: int | None) -> int:
+def _num_batches(train_dl) -> int | None:
     try:
-        per_epoch = math.ceil(len(train_dl) / grad_accum_steps)
+        return len(train_dl)
     except TypeError:
+        return None
+
+
+def _total_steps(train_dl, num_epochs: int, grad_accum_steps: int, max_steps: int | None) -> int:
+    num_batches = _num_batches(train_dl)
+    if num_batches is None:
         if max_steps is None:
-            raise ValueError("train_dl has no length: pass max_steps to fit") from None
+            raise ValueError("train_dl has no length: pass max_steps to fit")
         return max_steps
-    total = per_epoch * num_epochs
+    total = math.ceil(num_batches / grad_accum_steps) * num_epochs
     return total if max_steps is None else min(total, max_steps)

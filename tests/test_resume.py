@@ -118,3 +118,27 @@ def test_resume_prints_where_it_continues_unless_quiet(tmp_path, capsys):
     fit(mlp(), train_dl, checkpoint_dir=tmp_path, **QUIET)
     fit(mlp(), train_dl, num_epochs=2, checkpoint_dir=tmp_path, device="cpu")
     assert "Resuming from" in capsys.readouterr().out
+
+
+class RecordingBatchSampler:
+    """Batches of 8 in order; records the epochs fit announces through set_epoch."""
+
+    def __init__(self, n):
+        self.n, self.epochs = n, []
+
+    def set_epoch(self, epoch):
+        self.epochs.append(epoch)
+
+    def __iter__(self):
+        return iter([list(range(i, min(i + 8, self.n))) for i in range(0, self.n, 8)])
+
+    def __len__(self):
+        return (self.n + 7) // 8
+
+
+def test_fit_tells_epoch_aware_batch_samplers_the_epoch():
+    train_dl, _ = loaders()
+    sampler = RecordingBatchSampler(len(train_dl.dataset))
+    dl = torch.utils.data.DataLoader(train_dl.dataset, batch_sampler=sampler)
+    fit(mlp(), dl, num_epochs=3, **QUIET)
+    assert sampler.epochs == [0, 1, 2]
