@@ -23,22 +23,6 @@ from dataclasses import dataclass
 
 from torch import nn
 
-__all__ = [
-    "Block",
-    "GradualUnfreezing",
-    "TrainableReport",
-    "bias_only",
-    "blocks",
-    "discriminative_lr_groups",
-    "freeze",
-    "full",
-    "head_only",
-    "last_k",
-    "layerwise_lr_groups",
-    "trainable_report",
-    "unfreeze",
-]
-
 
 @dataclass(frozen=True)
 class Block:
@@ -138,17 +122,18 @@ class GradualUnfreezing:
 
     Epoch 0 trains the head only, epoch e the head and the top e blocks (ULMFiT, Howard & Ruder
     2018). With `every_steps=N` a block is added every N optimizer steps instead, for short runs.
-    Newly unfrozen parameters missing from the optimizer are added as a new parameter group with
-    the current learning rate of the first group, so any optimizer works; an optimizer built on
-    all parameters from the start also works (AdamW skips parameters whose grad is None).
-    Taught in lesson 04.
+    Parameters that become trainable but are missing from the optimizer (you froze before `fit`
+    built it) join it as new groups with the first group's lr, schedule and weight decay (none on
+    biases and norms); `fit`'s default optimizer, built before this callback freezes, already
+    holds them all, and AdamW skips a parameter while its grad is None. Newly unfrozen BatchNorm
+    layers are put back in train mode. Taught in lesson 04.
     """
 
     def __init__(self, blocks: Sequence | None = None, every_steps: int | None = None):
         if every_steps is not None and (not isinstance(every_steps, int) or every_steps < 1):
             raise ValueError(f"every_steps must be a positive integer or None, got {every_steps!r}")
         self.blocks, self.every_steps = blocks, every_steps
-        self.unfrozen: list[int] = []  # number of blocks below the head unfrozen, per change
+        self.unfrozen: list[int] = []  # blocks below the head that train, after each change
 
     def on_train_start(self, state) -> None:
         """Freeze everything but the head before the first step."""
@@ -170,7 +155,10 @@ class GradualUnfreezing:
         if self.unfrozen and self.unfrozen[-1] == k:
             return
         last_k(state.model, k, blocks=self._found)
-        _add_missing_to_optimizer(state.model, state.optimizer)
+        _add_missing_to_optimizer(state.model, state.optimizer, getattr(state, "scheduler", None))
+        for module in state.model.modules():  # a BatchNorm that trains again leaves eval mode
+            if isinstance(module, nn.modules.batchnorm._BatchNorm) and _counts(module)[0]:
+                module.train(state.model.training)
         self.unfrozen.append(k)
 
 
@@ -258,27 +246,18 @@ def trainable_report(model: nn.Module, blocks: Sequence | None = None) -> Traina
     """Return, per block, the trainable and total parameter counts. Taught in lesson 04."""
     found = _resolve_blocks(model, blocks)
     named = dict(model.named_parameters())
-    rows = []
-    for block in found:
-        params = [named[n] for n in block.parameter_names]
-        rows.append(
-            (
-                block.name,
-                sum(p.numel() for p in params if p.requires_grad),
-                sum(p.numel() for p in params),
-            )
-        )
+    rows = [(block.name, *_counts([named[n] for n in block.parameter_names])) for block in found]
     covered = {n for block in found for n in block.parameter_names}
     rest = [p for n, p in named.items() if n not in covered]
     if rest:
-        rows.append(
-            (
-                "(outside blocks)",
-                sum(p.numel() for p in rest if p.requires_grad),
-                sum(p.numel() for p in rest),
-            )
-        )
+        rows.append(("(outside blocks)", *_counts(rest)))
     return TrainableReport(rows)
+
+
+def _counts(params: list[nn.Parameter] | nn.Module) -> tuple[int, int]:
+    """Return (trainable, total) numbers of parameters of a list or a module."""
+    params = list(params.parameters()) if isinstance(params, nn.Module) else params
+    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
 
 
 # --- private helpers -----------------------------------------------------------------------
@@ -394,12 +373,18 @@ def _block(model: nn.Module, group: list[tuple[str, nn.Module]]) -> Block:
     return Block(" + ".join(modules), modules, parameter_names)
 
 
-def _add_missing_to_optimizer(model: nn.Module, optimizer) -> None:
-    """Add trainable parameters the optimizer does not hold, with its first group's settings."""
-    if optimizer is None:
-        return
+def _add_missing_to_optimizer(model: nn.Module, optimizer, scheduler=None) -> None:
+    """Add trainable parameters the optimizer lacks, following its first group's settings."""
     held = {id(p) for group in optimizer.param_groups for p in group["params"]}
     missing = [p for p in model.parameters() if p.requires_grad and id(p) not in held]
-    if missing:
-        settings = {k: v for k, v in optimizer.param_groups[0].items() if k != "params"}
-        optimizer.add_param_group({**settings, "params": missing})
+    settings = {k: v for k, v in optimizer.param_groups[0].items() if k != "params"}
+    matrices = [p for p in missing if p.ndim >= 2]
+    vectors = [p for p in missing if p.ndim < 2]  # biases and norm weights: no weight decay
+    for params, decay in ((matrices, settings.get("weight_decay", 0.0)), (vectors, 0.0)):
+        if not params:
+            continue
+        optimizer.add_param_group({**settings, "params": params, "weight_decay": decay})
+        if hasattr(scheduler, "base_lrs"):  # LambdaLR and friends keep one base lr per group
+            scheduler.base_lrs.append(scheduler.base_lrs[0])
+        if hasattr(scheduler, "lr_lambdas"):
+            scheduler.lr_lambdas.append(scheduler.lr_lambdas[0])

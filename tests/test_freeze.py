@@ -268,10 +268,51 @@ def test_gradual_unfreezing_adds_params_to_the_optimizer():
     }
     held = {id(p) for g in optimizer.param_groups for p in g["params"]}
     assert {id(p) for p in model.parameters() if p.requires_grad} <= held
-    assert len(optimizer.param_groups) == 2 and optimizer.param_groups[1]["lr"] == 1e-3
+    added = optimizer.param_groups[1:]  # weights with the first group's decay, biases without
+    assert [g["weight_decay"] for g in added] == [optimizer.param_groups[0]["weight_decay"], 0.0]
+    assert [g["lr"] for g in added] == [1e-3, 1e-3]
     state.epoch = 9  # more epochs than blocks: everything trains, nothing breaks
     callback.on_epoch_start(state)
     assert count_parameters(model, trainable_only=True) == count_parameters(model)
     assert callback.unfrozen == [0, 2, 4]
     with pytest.raises(ValueError, match="every_steps"):
         fz.GradualUnfreezing(every_steps=0)
+
+
+class Snapshots:
+    """A fit callback that records every parameter at the start and after each epoch."""
+
+    def __init__(self):
+        self.epochs = []
+
+    def on_train_start(self, state):
+        self.start = {n: p.detach().clone() for n, p in state.model.named_parameters()}
+
+    def on_epoch_end(self, state):
+        self.epochs.append({n: p.detach().clone() for n, p in state.model.named_parameters()})
+        self.lrs = [group["lr"] for group in state.optimizer.param_groups]
+
+
+@pytest.mark.parametrize("setup", ["fit_builds_optimizer", "adamw_on_all", "frozen_before_fit"])
+def test_gradual_unfreezing_with_fit_changes_only_unfrozen_blocks(setup):
+    from ftlab.train import fit
+
+    torch.manual_seed(0)
+    x = torch.randn(64, 4)
+    y = (x[:, 0] > 0).long()
+    train_dl = torch.utils.data.DataLoader(list(zip(x, y, strict=True)), batch_size=16)
+    model = TinyNet()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2) if setup == "adamw_on_all" else None
+    if setup == "frozen_before_fit":
+        fz.head_only(model)  # fit's optimizer then holds the head only; the callback adds the rest
+    snapshots = Snapshots()
+    callbacks = [fz.GradualUnfreezing(), snapshots]
+    fit(model, train_dl, optimizer=optimizer, lr=1e-2, num_epochs=3, callbacks=callbacks,
+        progress=False, seed=0, device="cpu", check=False)  # fmt: skip
+    before = [snapshots.start, *snapshots.epochs[:-1]]
+    moved = [
+        {n.rsplit(".", 1)[0] for n in a if not torch.equal(a[n], b[n])}
+        for a, b in zip(before, snapshots.epochs, strict=True)
+    ]
+    assert moved == [{"head"}, {"head", "layers.2"}, {"head", "layers.2", "layers.1"}]
+    assert len(set(snapshots.lrs)) == 1  # added groups follow the same linear schedule
