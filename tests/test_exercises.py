@@ -1,0 +1,185 @@
+"""Exercises against their solutions: in sync, every check passes on the solution and fails on
+the blank exercise, and typical wrong answers fail with a message that helps.
+
+Notebook cells are run here in-process (fast; the grader's kernel path is tested in
+test_grading.py), skipping the setup cell, the cells tagged `expensive` and the check cells.
+"""
+
+from __future__ import annotations
+
+import functools
+import linecache
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from ftlab import checks
+from ftlab.exercise_build import CHECK_CALL, EXPENSIVE_TAG, make_exercise
+
+ROOT = Path(__file__).resolve().parent.parent
+SOLUTIONS = sorted((ROOT / "solutions").glob("[0-9][0-9]_*.ipynb"))
+LESSONS = [path.name[:2] for path in SOLUTIONS]
+
+
+@functools.cache
+def namespace_after(folder: str, lesson: str) -> dict:
+    """Run a notebook's gradable cells in order, as the grader would, and return its globals."""
+    path = next((ROOT / folder).glob(f"{lesson}_*.ipynb"))
+    namespace = {"__name__": "__main__"}
+    for number, cell in enumerate(nbformat.read(path, as_version=4).cells, start=1):
+        tags = cell.metadata.get("tags", [])
+        if cell.cell_type != "code" or {"setup", EXPENSIVE_TAG} & set(tags):
+            continue
+        if CHECK_CALL.search(cell.source):
+            continue
+        name = f"<{folder} {lesson} cell {number}>"
+        linecache.cache[name] = (len(cell.source), None, cell.source.splitlines(True), name)
+        try:
+            exec(compile(cell.source, name, "exec"), namespace)
+        except NotImplementedError:
+            assert folder == "exercises", f"{name} raised NotImplementedError"
+        except NameError:
+            assert folder == "exercises", f"{name} raised NameError"
+    return namespace
+
+
+def run_with(lesson: str, question_id: str, code: str):
+    """Run the solution's namespace with `code` executed on top of it, then one check."""
+    namespace = dict(namespace_after("solutions", lesson))
+    name = f"<wrong answer to {question_id}>"
+    linecache.cache[name] = (len(code), None, code.splitlines(True), name)
+    exec(compile(code, name, "exec"), namespace)
+    return checks.run(question_id, namespace)
+
+
+@pytest.mark.parametrize("solution", SOLUTIONS, ids=lambda path: path.name[:2])
+def test_exercise_is_generated_from_its_solution(solution):
+    exercise = ROOT / "exercises" / solution.name
+    expected = make_exercise(nbformat.read(solution, as_version=4), f"exercises/{solution.name}")
+    assert exercise.exists(), f"missing {exercise}: run `ftlab exercises build`"
+    assert exercise.read_text() == nbformat.writes(expected) + "\n", (
+        f"{exercise} is out of sync with {solution}: run `ftlab exercises build`"
+    )
+
+
+@pytest.mark.parametrize("lesson", LESSONS)
+def test_every_check_passes_on_the_solution(lesson):
+    namespace = namespace_after("solutions", lesson)
+    failed = [r for q in checks.questions(lesson) if not (r := checks.run(q, namespace)).passed]
+    assert not failed, "\n".join(str(r) for r in failed)
+
+
+@pytest.mark.parametrize("lesson", LESSONS)
+def test_every_check_fails_on_the_blank_exercise(lesson):
+    namespace = namespace_after("exercises", lesson)
+    results = [checks.run(q, namespace) for q in checks.questions(lesson)]
+    passed = [str(r) for r in results if r.points > 0]
+    assert not passed, f"checks that give points to the blank exercise: {passed}"
+    assert len(results) >= 5, f"lesson {lesson} has {len(results)} questions, fewer than 5"
+
+
+def test_blank_answers_say_how_to_answer():
+    namespace = namespace_after("exercises", "01")
+    message = checks.run("01.q1", namespace).message
+    assert "still raises NotImplementedError: replace `# YOUR CODE HERE`" in message
+    assert "`predicted_max_lr` is not defined" in checks.run("01.q4", namespace).message
+
+
+WRONG_ANSWERS = {
+    "01": [
+        (
+            "01.q1",
+            "def stable_cross_entropy(logits, labels):\n"
+            "    probs = logits.exp() / logits.exp().sum(dim=1, keepdim=True)\n"
+            "    return -probs[torch.arange(len(labels)), labels].log().mean()\n",
+            "each row's max before exp",
+        ),
+        (
+            "01.q1",
+            "def stable_cross_entropy(logits, labels):\n"
+            "    shifted = logits - logits.max(dim=1, keepdim=True).values\n"
+            "    log_probs = shifted - shifted.exp().sum(dim=1, keepdim=True).log()\n"
+            "    return -log_probs[torch.arange(len(labels)), labels].sum()\n",
+            "average over the batch, not sum",
+        ),
+        (
+            "01.q1",
+            "def stable_cross_entropy(logits, labels):\n"
+            "    return F.cross_entropy(logits, labels)\n",
+            "implement the formula yourself",
+        ),
+        (
+            "01.q2",
+            "def softmax_ce_grad(logits, labels):\n"
+            "    return torch.softmax(logits, 1) - F.one_hot(labels, logits.shape[1]).float()\n",
+            "divide by the batch size",
+        ),
+        (
+            "01.q2",
+            "def softmax_ce_grad(logits, labels):\n"
+            "    return torch.softmax(logits, 1) / len(labels)\n",
+            "subtract the one-hot labels",
+        ),
+        (
+            "01.q3",
+            "def adam_step(param, grad, m, v, step, lr=1e-3, betas=(0.9, 0.999), eps=1e-8):\n"
+            "    m = betas[0] * m + (1 - betas[0]) * grad\n"
+            "    v = betas[1] * v + (1 - betas[1]) * grad**2\n"
+            "    return param - lr * m / (v.sqrt() + eps), m, v\n",
+            "without bias correction",
+        ),
+        (
+            "01.q3",
+            "def adam_step(param, grad, m, v, step, lr=1e-3, betas=(0.9, 0.999), eps=1e-8):\n"
+            "    m = betas[0] * m + (1 - betas[0]) * grad\n"
+            "    v = betas[1] * v + (1 - betas[1]) * grad\n"
+            "    return param - lr * m / (v.sqrt() + eps), m, v\n",
+            "v after step 1 differs from the reference",
+        ),
+        ("01.q4", "predicted_max_lr = ...", "`predicted_max_lr` is still `...`"),
+        ("01.q4", "critical_lr = 1 / a", "the largest stable lr is 2/a"),
+        ("01.q4", "prediction_error = 0.3", "prediction_error is 0.3 but"),
+        (
+            "01.q5",
+            "def evaluate_accuracy(model, x, labels):\n"
+            "    with torch.no_grad():\n"
+            "        return (model(x).argmax(1) == labels).float().mean().item()\n",
+            "dropout is still active. Call model.eval()",
+        ),
+        (
+            "01.q5",
+            "def evaluate_accuracy(model, x, labels):\n"
+            "    model.eval()\n"
+            "    return (model(x).argmax(1) == labels).float().mean().item()\n",
+            "wrap the forward pass in torch.no_grad()",
+        ),
+        (
+            "01.q6",
+            "mlp = nn.Sequential(nn.Linear(20, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(),"
+            " nn.Linear(64, 2))\nmlp.requires_grad_(False)\n",
+            "2 parameters of the head (mlp[4]) are frozen",
+        ),
+        (
+            "01.q6",
+            "mlp = nn.Sequential(nn.Linear(20, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(),"
+            " nn.Linear(64, 2))\nmlp[0].requires_grad_(False)\n",
+            "mlp.2.weight, mlp.2.bias still require gradients",
+        ),
+        ("01.q6", "frozen_count = 2", "frozen_count is 2 but 5504 parameters are frozen"),
+    ],
+}
+
+
+@pytest.mark.parametrize(
+    "lesson, question_id, code, phrase",
+    [
+        pytest.param(lesson, *case, id=f"{case[0]}-{number}")
+        for lesson, cases in WRONG_ANSWERS.items()
+        for number, case in enumerate(cases)
+    ],
+)
+def test_a_typical_wrong_answer_fails_with_a_helpful_message(lesson, question_id, code, phrase):
+    result = run_with(lesson, question_id, code)
+    assert not result.passed, f"a wrong answer passes {question_id}:\n{code}"
+    assert phrase in result.message, result.message
