@@ -25,8 +25,13 @@ LESSONS: dict[str, dict[str, tuple[Any, Any]]] = {
         "batch_size": (32, 16),
         "lr": (5e-5, 1e-4),
     },
-    "01_math_of_fine_tuning": {
+    "01_math_of_fine_tuning": {  # no pretrained checkpoint needed: both profiles run the same
         "seed": (0, 0),
+        "pretrain_steps": (400, 400),
+        "finetune_steps": (150, 150),
+        "finetune_lr": (1e-3, 1e-3),
+        "batch_size": (16, 16),
+        "target_train_size": (48, 48),
     },
     "02_bert_text_classification": {
         "text_model": ("bert-base-uncased", MINILM),
