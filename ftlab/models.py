@@ -31,24 +31,27 @@ def text_classifier(name_or_path: str, num_labels: int = 2, pretrained: bool = T
     return model, tokenizer
 
 
-def vision_classifier(name: str, num_classes: int, pretrained: bool = True) -> nn.Module:
+def vision_classifier(name: str, num_classes: int | None, pretrained: bool = True) -> nn.Module:
     """Return an ImageNet backbone with a new head of `num_classes` outputs.
 
     `name` is "resnet18" (torchvision, IMAGENET1K_V1 weights) or the offline EfficientNet-Lite0.
-    Taught in lesson 03.
+    `num_classes=None` keeps the 1000-class ImageNet head; `pretrained=False` gives random
+    weights. Taught in lesson 03.
     """
     if name == "resnet18":
         from torchvision.models import ResNet18_Weights, resnet18
 
         with needs_network("ResNet-18 ImageNet weights"):
             model = resnet18(weights=ResNet18_Weights.IMAGENET1K_V1 if pretrained else None)
-        model.fc = nn.Linear(model.fc.in_features, num_classes)  # 512 -> num_classes
+        if num_classes is not None:
+            model.fc = nn.Linear(model.fc.in_features, num_classes)  # 512 -> num_classes
         return model
     if name in (EFFICIENTNET_LITE0, "tf_efficientnet_lite0"):
         from ftlab.assets import efficientnet_lite0
 
         model = efficientnet_lite0(pretrained=pretrained)
-        model.reset_classifier(num_classes)  # classifier: Linear(1280, num_classes)
+        if num_classes is not None:
+            model.reset_classifier(num_classes)  # classifier: Linear(1280, num_classes)
         return model
     raise ValueError(f"unknown vision model {name!r}; use 'resnet18' or {EFFICIENTNET_LITE0!r}")
 
@@ -64,33 +67,22 @@ def image_normalization(name: str) -> tuple[tuple[float, ...], tuple[float, ...]
 def backbone_of(model: nn.Module) -> nn.Module:
     """Return the model without its head: images -> pooled features (batch, feature_dim).
 
-    The result shares the model's weights, so a head trained on its features is the model's
-    own head. Works for the torchvision ResNets and timm models built by `vision_classifier`.
-    Taught in lesson 03.
+    The result shares the model's weights but not its head, so freezing it freezes the body
+    only, and a head trained on its features is the model's own head. Works for the
+    torchvision ResNets and timm EfficientNets of `vision_classifier`. Taught in lesson 03.
     """
+    from timm.models.efficientnet import EfficientNet
     from torchvision.models import ResNet
 
-    if isinstance(model, ResNet):
-        # conv1 ... layer4, avgpool: everything but fc, then (batch, 512, 1, 1) -> (batch, 512)
-        return nn.Sequential(*list(model.children())[:-1], nn.Flatten(1))
-    if hasattr(model, "forward_features") and hasattr(model, "forward_head"):
-        return _TimmPreLogits(model)
-    raise ValueError(
-        f"cannot split {type(model).__name__} into backbone and head; "
-        "use a model from ftlab.models.vision_classifier"
-    )
-
-
-class _TimmPreLogits(nn.Module):
-    """A timm model's forward up to (not through) its classifier: the pooled features."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, images):
-        features = self.model.forward_features(images)  # (batch, channels, h, w)
-        return self.model.forward_head(features, pre_logits=True)  # (batch, channels)
+    if not isinstance(model, (ResNet, EfficientNet)):
+        raise ValueError(
+            f"cannot split {type(model).__name__} into backbone and head; "
+            "use a ResNet or EfficientNet from ftlab.models.vision_classifier"
+        )
+    head = head_of(model)
+    # Both run their children in order: stem, stages, global pool, then the head.
+    body = [module for module in model.children() if module is not head]
+    return nn.Sequential(*body, nn.Flatten(1))  # (batch, C, 1, 1) or (batch, C) -> (batch, C)
 
 
 def imagenet_classes() -> list[str]:

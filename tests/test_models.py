@@ -60,6 +60,13 @@ def test_backbone_shares_the_models_weights(resnet):
     assert not head_ids & {id(p) for p in backbone.parameters()}
 
 
+def test_freezing_the_efficientnet_backbone_leaves_its_head_trainable():
+    model = vision_classifier(EFFICIENTNET_LITE0, num_classes=3, pretrained=False)
+    backbone_of(model).requires_grad_(False)
+    assert all(p.requires_grad for p in head_of(model).parameters())
+    assert count_parameters(model, trainable_only=True) == 1280 * 3 + 3
+
+
 def test_backbone_of_an_unknown_model_is_an_error():
     with pytest.raises(ValueError, match="vision_classifier"):
         backbone_of(nn.Linear(3, 3))
@@ -73,9 +80,8 @@ def test_imagenet_classes_are_the_1000_names_in_standard_order():
 def test_pretrained_efficientnet_recognises_a_cat():
     from skimage import data as skdata
 
-    from ftlab.assets import efficientnet_lite0
-
-    model = efficientnet_lite0(pretrained=True).eval()  # keep the ImageNet head
+    model = vision_classifier(EFFICIENTNET_LITE0, num_classes=None).eval()  # ImageNet head kept
+    assert model.classifier.out_features == 1000
     image = torch.from_numpy(skdata.chelsea()).permute(2, 0, 1)  # (3, 300, 451) uint8, a cat
     with torch.no_grad():
         logits = model(eval_transform(EFFICIENTNET_LITE0)(image)[None])  # (1, 1000)
