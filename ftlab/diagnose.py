@@ -60,7 +60,8 @@ def diagnose(model, optimizer=None, batch=None, lr=None, verbose=True) -> list[F
 def preflight(model, train_dl, optimizer, lr, device, check: bool, callbacks=()) -> None:
     """Before `fit` trains: refuse an empty loader and bad labels; warn about other findings."""
     try:
-        batch = next(iter(train_dl))
+        with torch.random.fork_rng(devices=[]):  # peeking must not shift the seeded run
+            batch = next(iter(train_dl))
     except StopIteration:
         raise ValueError(
             "train_dl is empty: it yields no batches. Check the data set's length, and that "

@@ -425,3 +425,18 @@ def test_each_precision_trains_and_auto_means_fp32_on_the_cpu(precision):
     assert seen["scaler"] == (precision == "fp16")  # a GradScaler only for fp16
     with pytest.raises(ValueError, match="precision must be"):
         fit(mlp(), train_dl, precision="fp8", **QUIET)
+
+
+def test_the_checks_before_training_do_not_change_the_seeded_result():
+    train_dl, _ = loaders()
+
+    def dropout_mlp():  # dropout makes the result depend on every random number drawn
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Dropout(0.5), nn.Linear(16, 3))
+
+    model_checked, model_unchecked, model_other_seed = dropout_mlp(), dropout_mlp(), dropout_mlp()
+    fit(model_checked, train_dl, seed=3, check=True, **QUIET)
+    fit(model_unchecked, train_dl, seed=3, check=False, **QUIET)
+    fit(model_other_seed, train_dl, seed=4, check=True, **QUIET)
+    assert torch.equal(model_checked[0].weight, model_unchecked[0].weight)
+    assert not torch.equal(model_checked[0].weight, model_other_seed[0].weight)
