@@ -1,0 +1,373 @@
+"""`ftlab bench`: the same fine-tuning work through three loops, timed one after another.
+
+Taught in lesson 06. The paths: (a) the plain loop of lesson 02 (fp32, every batch padded to
+max_length), (b) Hugging Face `Trainer` with its default arguments, and on CUDA again with
+bf16 (fp16 where bf16 is missing), (c) `ftlab.fit` on the fast path (length-grouped batches,
+lengths bucketed to multiples of 32, uint8 images normalized on the device, channels_last and
+autocast on CUDA), and with `torch.compile` when asked. Models have random weights (BERT-base
+config, ResNet-18 `weights=None`), so nothing is downloaded. Each path reports steady-state
+samples/s (warm-up excluded, and reported on its own), time to a target loss, peak memory,
+final loss and accuracy, and its ratio to Trainer. A benchmark, not a test: numbers depend on
+the machine and on whatever else runs on it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ftlab import bench_data, fast
+
+SST2_SAMPLES = 200_000  # ≈ 3 epochs of SST-2's 67k sentences: the end-to-end run projected
+SIZES = {  # per size: text and vision work, the same for every path
+    "cuda": {
+        "text": dict(bert={}, max_length=128, batch_size=32, steps=300, warmup_steps=50, lr=5e-5),
+        "vision": dict(image_size=224, batch_size=64, steps=150, warmup_steps=30, lr=1e-3),
+    },
+    "cpu": {
+        "text": dict(
+            bert=dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=2,
+                      intermediate_size=512),
+            max_length=128, batch_size=32, steps=30, warmup_steps=5, lr=1e-3,
+        ),
+        "vision": dict(image_size=64, batch_size=32, steps=10, warmup_steps=2, lr=1e-3),
+    },
+    "tiny": {
+        "text": dict(
+            bert=dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                      intermediate_size=64, vocab_size=1000, max_position_embeddings=64),
+            max_length=32, batch_size=8, steps=6, warmup_steps=2, lr=1e-3,
+        ),
+        "vision": dict(image_size=32, batch_size=4, steps=3, warmup_steps=1, lr=1e-3),
+    },
+}  # fmt: skip
+TARGET_LOSS = {"text": 0.4, "vision": 1.0}
+TRAINER_ARGUMENTS_SET = (  # every other TrainingArguments field keeps its default
+    "per_device_train_batch_size, max_steps, learning_rate, seed: the same work as the other "
+    "paths; logging_steps: the loss read-back for time-to-target; save_strategy='no', "
+    "disable_tqdm=True, report_to='none', eval_strategy='no': no side work inside the timing"
+)
+
+
+def run_bench(
+    device: str | None = None,
+    task: str = "all",
+    *,
+    tiny: bool = False,
+    compile_mode: str | None = "auto",
+    out: str | None = None,
+    seed: int = 0,
+) -> dict:
+    """Run the benchmark and return its results (also written to `out` as JSON if given).
+
+    Taught in lesson 06. `device` "cpu" or "cuda" (default: CUDA if available); `task` "text",
+    "vision" or "all"; `tiny=True` runs a few steps of small models (what the tests use);
+    `compile_mode` adds a compiled fast path ("auto": "reduce-overhead" on CUDA, none on CPU).
+    """
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda asked for, but torch sees no CUDA GPU; use --device cpu")
+    if task not in ("text", "vision", "all"):
+        raise ValueError(f"task must be 'text', 'vision' or 'all', got {task!r}")
+    if compile_mode == "auto":
+        compile_mode = "reduce-overhead" if device.type == "cuda" else None
+    size = "tiny" if tiny else device.type
+    results = {"created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    results.update(machine=_machine(device), size=size, compile_mode=compile_mode)
+    for name in ("text", "vision") if task == "all" else (task,):
+        work = dict(SIZES[size][name], task=name, seed=seed, target_loss=TARGET_LOSS[name])
+        if name == "text":  # few shapes for the GPU; on the CPU arithmetic rules: pad the least
+            work["bucket_multiple"] = fast.BUCKET_MULTIPLE if device.type == "cuda" else 8
+        results[name] = _run_task(work, device, compile_mode)
+    if out:
+        with open(out, "w") as file:
+            json.dump(results, file, indent=2)
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run `ftlab bench` from the command line; print a summary table. Taught in lesson 06."""
+    parser = argparse.ArgumentParser(prog="ftlab bench", description=__doc__.split("\n")[0])
+    parser.add_argument("--device", choices=("cpu", "cuda"), default=None)
+    parser.add_argument("--task", choices=("text", "vision", "all"), default="all")
+    parser.add_argument("--out", default="bench.json", help="where to write the JSON results")
+    parser.add_argument("--tiny", action="store_true", help="small models, a few steps")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument(
+        "--compile", default="auto", choices=("auto", "none", *fast.COMPILE_MODES),
+        help="add a torch.compile'd fast path (auto: reduce-overhead on CUDA, none on CPU)",
+    )  # fmt: skip
+    args = parser.parse_args(argv)
+    compile_mode = None if args.compile == "none" else args.compile
+    if args.threads:  # on a shared CPU, fewer threads than cores can be much faster
+        torch.set_num_threads(args.threads)
+    results = run_bench(args.device, args.task, tiny=args.tiny, compile_mode=compile_mode,
+                        out=args.out)  # fmt: skip
+    print(summary(results))
+    print(f"wrote {args.out}")
+    return 0
+
+
+def summary(results: dict) -> str:
+    """Return the results as a text table: one row per path. Taught in lesson 06."""
+    lines = [f"ftlab bench on {results['machine']['device_name']} ({results['size']} sizes)"]
+    header = f"{'task':<7}{'path':<30}{'samples/s':>10}{'x Trainer':>10}{'warm-up s':>10}"
+    lines.append(header + f"{'to target s':>12}{'peak MB':>9}{'eval acc':>9}")
+    for task in ("text", "vision"):
+        for name, path in results.get(task, {}).get("paths", {}).items():
+            target = path["time_to_target_s"]
+            lines.append(
+                f"{task:<7}{name:<30}{path['samples_per_s']:>10.1f}"
+                f"{path['ratio_to_trainer']:>10.2f}{path['warmup_s']:>10.1f}"
+                f"{'not reached' if target is None else f'{target:.1f}':>12}"
+                f"{path['peak_memory_mb']:>9.0f}{path['eval_accuracy']:>9.3f}"
+            )
+    return "\n".join(lines)
+
+
+def _run_task(work: dict, device: torch.device, compile_mode: str | None) -> dict:
+    data = bench_data.text_data(work) if work["task"] == "text" else bench_data.vision_data(work)
+    paths = {"plain_fp32": _plain_loop, "trainer_default": _trainer}
+    if device.type == "cuda":
+        paths["trainer_" + _mixed_precision(device)] = _trainer
+    paths["ftlab_fit_fast"] = _fit_fast
+    if compile_mode:
+        paths[f"ftlab_fit_fast_compiled_{compile_mode}"] = _fit_fast
+    results = {}
+    for name, run in paths.items():
+        model = bench_data.build_model(work, device)
+        _reset_peak_memory(device)
+        timer = _Timer(device, work["warmup_steps"])
+        losses = run(name, model, data, work, device, timer, compile_mode)
+        timer.finish()
+        results[name] = _path_result(name, work, timer, losses, model, data, device)
+        rate, total = results[name]["samples_per_s"], results[name]["total_s"]
+        print(f"{work['task']}: {name} {rate:.1f} samples/s, {total:.1f} s", file=sys.stderr)
+    baseline = results["trainer_default"]
+    for path in results.values():
+        path["ratio_to_trainer"] = path["samples_per_s"] / baseline["samples_per_s"]
+        path["ratio_to_plain"] = path["samples_per_s"] / results["plain_fp32"]["samples_per_s"]
+        if work["task"] == "text":
+            path["projected_ratio_to_trainer"] = baseline["projected_s"] / path["projected_s"]
+    config = {key: value for key, value in work.items() if key != "bert"}
+    config["trainer_arguments_set"] = TRAINER_ARGUMENTS_SET
+    if work["task"] == "text":
+        config["model"] = "BERT (random weights), " + str(
+            bench_data.bert_config(work).to_diff_dict()
+        )
+    else:
+        config["model"] = "ResNet-18 (weights=None)"
+    return {"config": config, "paths": results, "skipped": _skipped(device, compile_mode)}
+
+
+def _plain_loop(name, model, data, work, device, timer, compile_mode) -> list[float]:
+    """The loop of lesson 02: fp32, batches padded to max_length, loss.item() every step."""
+    train_dl = torch.utils.data.DataLoader(
+        data["plain"], batch_size=work["batch_size"], shuffle=True, collate_fn=data["collate"],
+        generator=torch.Generator().manual_seed(work["seed"]), drop_last=True,
+    )  # fmt: skip
+    optimizer = torch.optim.AdamW(model.parameters(), lr=work["lr"], weight_decay=0.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _linear_decay(work["steps"]))
+    losses = []
+    model.train()
+    for batch in train_dl:
+        loss = _compute_loss(model, _move(batch, device))
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+        timer.step_end()
+        if len(losses) == work["steps"]:
+            break
+    return losses
+
+
+def _trainer(name, model, data, work, device, timer, compile_mode) -> list[float]:
+    """Hugging Face Trainer with default arguments (bf16/fp16 for the mixed-precision path)."""
+    from transformers import Trainer, TrainerCallback, TrainingArguments
+    from transformers.trainer_callback import PrinterCallback
+
+    class Timing(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            timer.step_end()
+
+    mixed = name.removeprefix("trainer_")
+    with tempfile.TemporaryDirectory() as output_dir:
+        args = TrainingArguments(
+            output_dir=output_dir, per_device_train_batch_size=work["batch_size"],
+            max_steps=work["steps"], learning_rate=work["lr"], eval_strategy="no",
+            report_to="none", logging_steps=_loss_every(work), disable_tqdm=True,
+            save_strategy="no", seed=work["seed"], use_cpu=device.type == "cpu",
+            bf16=mixed == "bf16", fp16=mixed == "fp16",
+        )  # fmt: skip
+        trainer_model = model if work["task"] == "text" else bench_data.LossForTrainer(model)
+        trainer = Trainer(
+            model=trainer_model, args=args, train_dataset=data["trainer"],
+            processing_class=data.get("tokenizer"), callbacks=[Timing()],
+        )  # fmt: skip
+        trainer.remove_callback(PrinterCallback)  # no log dict printed every logging step
+        trainer.train()
+    logged = [row["loss"] for row in trainer.state.log_history if "loss" in row]
+    return [loss for loss in logged for _ in range(_loss_every(work))]
+
+
+def _fit_fast(name, model, data, work, device, timer, compile_mode) -> list[float]:
+    """ftlab.fit with the fast path: grouped, bucketed batches; compiled if the name says so."""
+    from ftlab.train import fit
+
+    class Timing:
+        def on_step_end(self, state):
+            timer.step_end()
+
+    train_dl = torch.utils.data.DataLoader(
+        data["fast"], batch_sampler=data["fast_sampler"](), collate_fn=data["fast_collate"],
+        **fast.loader_kwargs(device),
+    )  # fmt: skip
+    if work["task"] == "vision":  # uint8 batches in, normalized on the device
+        if device.type == "cuda":
+            fast.channels_last(model)
+        model = nn.Sequential(
+            fast.ImageNormalize(*bench_data.IMAGENET, device.type == "cuda"), model
+        )
+    if "compiled" in name:
+        model = fast.compile_model(model, compile_mode)
+    history = fit(
+        model, train_dl, lr=work["lr"], max_steps=work["steps"], weight_decay=0.0,
+        scheduler="linear", precision="auto", device=device, progress=False, check=False,
+        callbacks=[Timing()], seed=work["seed"],
+    )  # fmt: skip
+    return history.step_losses
+
+
+def _path_result(name, work, timer, losses, model, data, device) -> dict:
+    steps, warmup, batch_size = work["steps"], work["warmup_steps"], work["batch_size"]
+    if len(timer.times) != steps:
+        raise RuntimeError(f"{name} ran {len(timer.times)} steps, expected {steps}")
+    warmup_s, steady_s = timer.times[warmup - 1], timer.times[-1] - timer.times[warmup - 1]
+    samples_per_s = (steps - warmup) * batch_size / steady_s
+    projected = warmup_s + (SST2_SAMPLES - warmup * batch_size) / samples_per_s
+    eval_loss, eval_accuracy = bench_data.evaluate(model, data["eval"], device)
+    return {
+        "samples_per_s": samples_per_s,
+        "warmup_s": warmup_s,
+        "steady_s": steady_s,
+        "total_s": timer.times[-1],
+        "time_to_target_s": _time_to_target(losses, timer.times, work),
+        "projected_s": projected if work["task"] == "text" else None,
+        "first_loss": losses[0],
+        "final_loss": sum(losses[-_loss_every(work) :]) / _loss_every(work),
+        "eval_loss": eval_loss,
+        "eval_accuracy": eval_accuracy,
+        **_peak_memory(device),
+    }
+
+
+class _Timer:
+    """Seconds from the path's start to the end of each step; syncs CUDA only when it must."""
+
+    def __init__(self, device: torch.device, warmup_steps: int):
+        self.device, self.warmup_steps, self.times = device, warmup_steps, []
+        self.started = time.perf_counter()
+
+    def step_end(self) -> None:
+        # Syncing at the end of warm-up and at every read makes the steady-state window exact;
+        # the other timestamps are host times, at most one loss read-back ahead of the GPU.
+        if len(self.times) + 1 == self.warmup_steps and self.device.type == "cuda":
+            torch.cuda.synchronize()
+        self.times.append(time.perf_counter() - self.started)
+
+    def finish(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        self.times[-1] = time.perf_counter() - self.started
+
+
+def _compute_loss(model: nn.Module, batch) -> torch.Tensor:
+    if isinstance(batch, dict):  # Hugging Face model: the loss comes with the output
+        return model(**batch).loss
+    images, labels = batch
+    return F.cross_entropy(model(images), labels)  # logits: (batch, num_classes)
+
+
+def _move(batch, device: torch.device):
+    if isinstance(batch, dict):
+        return {key: value.to(device) for key, value in batch.items()}
+    return [value.to(device) for value in batch]
+
+
+def _time_to_target(losses: list[float], times: list[float], work: dict) -> float | None:
+    """Seconds until the mean loss over a logging window first reaches the target, or None."""
+    every = _loss_every(work)
+    for end in range(every, len(losses) + 1, every):
+        if sum(losses[end - every : end]) / every <= work["target_loss"]:
+            return times[end - 1]
+    return None
+
+
+def _loss_every(work: dict) -> int:
+    return min(10, max(1, work["steps"] // 3))  # Trainer's logging_steps; ftlab.fit's LOG_EVERY
+
+
+def _linear_decay(steps: int):
+    return lambda step: max(0.0, 1 - step / steps)
+
+
+def _mixed_precision(device: torch.device) -> str:
+    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+
+
+def _skipped(device: torch.device, compile_mode: str | None) -> dict:
+    skipped = {}
+    if device.type != "cuda":
+        skipped["trainer_bf16"] = "no CUDA: on the CPU every path runs in fp32"
+    if not compile_mode:
+        skipped["ftlab_fit_fast_compiled"] = "compile off (--compile none; the default on CPU)"
+    return skipped
+
+
+def _reset_peak_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def _peak_memory(device: torch.device) -> dict:
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated(device) / 2**20
+        return {"peak_memory_mb": peak, "peak_memory_kind": "torch.cuda.max_memory_allocated"}
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    kind = "process peak RSS (ru_maxrss): the whole process so far, not this path alone"
+    return {"peak_memory_mb": peak, "peak_memory_kind": kind}
+
+
+def _machine(device: torch.device) -> dict:
+    import transformers
+
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        note = "one GPU, paths run one after another in one process"
+    else:
+        name = f"CPU ({os.cpu_count()} cores, {platform.processor() or platform.machine()})"
+        note = (
+            "CPU figures: paths compared in fp32 only; on a shared machine other processes "
+            "compete for the cores, so times are inflated and noisy. GPU figures are measured "
+            "with --device cuda."
+        )
+    return {
+        "device": device.type, "device_name": name, "cpu_count": os.cpu_count(),
+        "load_average_at_start": list(os.getloadavg()), "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__, "note": note,
+    }  # fmt: skip

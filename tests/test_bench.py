@@ -1,0 +1,106 @@
+"""Tests for ftlab.bench: every path runs at tiny sizes and the JSON holds what the README quotes.
+
+Correctness only: no timing is asserted (numbers depend on the machine and its load).
+"""
+
+import json
+import math
+
+import pytest
+import torch
+
+from ftlab import bench, bench_data
+
+TEXT_PATHS = {"plain_fp32", "trainer_default", "ftlab_fit_fast"}
+FIELDS = {
+    "samples_per_s", "warmup_s", "steady_s", "total_s", "time_to_target_s", "first_loss",
+    "final_loss", "eval_loss", "eval_accuracy", "peak_memory_mb", "peak_memory_kind",
+    "ratio_to_trainer", "ratio_to_plain",
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    """One tiny CPU run through the command line, single-threaded (the test machine is shared)."""
+    out = tmp_path_factory.mktemp("bench") / "bench.json"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert bench.main(["--device", "cpu", "--tiny", "--out", str(out)]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    return json.loads(out.read_text())
+
+
+def test_every_path_ran_with_every_field(results):
+    assert results["size"] == "tiny" and results["machine"]["device"] == "cpu"
+    for task in ("text", "vision"):
+        paths = results[task]["paths"]
+        assert set(paths) == TEXT_PATHS, task  # CPU: no bf16 Trainer, no compile by default
+        for name, path in paths.items():
+            assert FIELDS <= set(path), (task, name, FIELDS - set(path))
+            assert path["samples_per_s"] > 0 and path["steady_s"] > 0, (task, name)
+            assert 0 < path["warmup_s"] < path["total_s"], (task, name)
+            assert 0.0 <= path["eval_accuracy"] <= 1.0 and math.isfinite(path["eval_loss"])
+        assert set(results[task]["skipped"]) == {"trainer_bf16", "ftlab_fit_fast_compiled"}
+
+
+def test_ratios_are_computed_from_the_rates(results):
+    for task in ("text", "vision"):
+        paths = results[task]["paths"]
+        trainer, plain = paths["trainer_default"], paths["plain_fp32"]
+        assert trainer["ratio_to_trainer"] == 1.0 and plain["ratio_to_plain"] == 1.0
+        for path in paths.values():
+            assert path["ratio_to_trainer"] == pytest.approx(
+                path["samples_per_s"] / trainer["samples_per_s"]
+            )
+            assert path["ratio_to_plain"] == pytest.approx(
+                path["samples_per_s"] / plain["samples_per_s"]
+            )
+    for path in results["text"]["paths"].values():  # end-to-end 200k samples, projected
+        assert path["projected_s"] > path["warmup_s"]
+        assert path["projected_ratio_to_trainer"] > 0
+
+
+def test_paths_train_the_same_model_from_the_same_start(results):
+    for task in ("text", "vision"):
+        work = dict(bench.SIZES["tiny"][task], task=task, seed=0)
+        first, second = (bench_data.build_model(work, torch.device("cpu")) for _ in range(2))
+        for (name, a), b in zip(
+            first.state_dict().items(), second.state_dict().values(), strict=True
+        ):
+            assert torch.equal(a, b), (task, name)
+    for name, path in results["text"]["paths"].items():  # random BERT starts near-uniform
+        assert path["first_loss"] == pytest.approx(math.log(2), abs=0.15), name
+
+
+def test_time_to_target_is_reached_only_when_the_loss_gets_there():
+    work = {"steps": 6, "target_loss": 0.5}
+    times = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]  # windows of 2 steps: the mean of a window counts
+    assert bench._time_to_target([0.9, 0.8, 0.5, 0.4, 0.6, 0.6], times, work) == 4.0
+    assert bench._time_to_target([0.9, 0.4, 0.7, 0.7, 0.6, 0.6], times, work) is None
+
+
+def test_text_data_is_sst2_shaped_and_labelled_by_its_marker():
+    work = dict(bench.SIZES["cpu"]["text"], task="text", seed=0, bucket_multiple=32)
+    data = bench_data.text_data(work)
+    lengths = [len(example["input_ids"]) for example in data["plain"]]
+    assert len(lengths) == work["steps"] * work["batch_size"]
+    assert 11 < sum(lengths) / len(lengths) < 15 and max(lengths) <= work["max_length"]
+    for example in data["plain"][:50]:
+        assert (4 + example["labels"]) in example["input_ids"]
+        assert (5 - example["labels"]) not in example["input_ids"]
+    fixed = data["collate"](data["plain"][:4])["input_ids"]
+    assert fixed.shape == (4, work["max_length"])  # the plain path pads to max_length
+    bucketed = data["fast_collate"](data["fast"][:4])["input_ids"]
+    assert bucketed.shape[1] % 32 == 0 and bucketed.shape[1] < work["max_length"]
+
+
+def test_bad_arguments_say_what_to_do():
+    with pytest.raises(ValueError, match="task must be"):
+        bench.run_bench("cpu", "audio", tiny=True)
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="--device cpu"):
+            bench.run_bench("cuda", tiny=True)
+    with pytest.raises(SystemExit):
+        bench.main(["--device", "tpu"])
