@@ -55,7 +55,11 @@ LESSONS: dict[str, dict[str, tuple[Any, Any]]] = {
         "batch_size": (64, 32),
         "num_epochs": (5, 3),
         "lr": (1e-3, 1e-3),
+        "backbone_lr": (1e-4, 1e-4),
+        "scratch_lr": (1e-3, 1e-3),
+        "min_crop_scale": (0.08, 0.25),
         "max_train_samples": (None, 480),
+        "target_accuracy": (0.8, 0.95),
         "seed": (0, 0),
     },
     "04_layer_freezing": {
