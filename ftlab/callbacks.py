@@ -19,6 +19,8 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from ftlab import distributed
+
 LOG_EVERY = 10  # optimizer steps between loss read-backs: the only host-device syncs of a step
 
 HOOKS = ("on_train_start", "on_epoch_start", "on_step_end", "on_epoch_end", "on_train_end")
@@ -186,7 +188,8 @@ class StepLog:
         """Read the queued losses back (one sync), check them, log them, refresh the bar."""
         if not self.pending:
             return
-        losses = torch.stack([loss for _, _, loss, _ in self.pending]).float().cpu().tolist()
+        losses = torch.stack([loss for _, _, loss, _ in self.pending]).float()
+        losses = distributed.mean(losses).cpu().tolist()  # several processes: the global loss
         for (step, epoch, _, lr), loss in zip(self.pending, losses, strict=True):
             if not math.isfinite(loss):
                 from ftlab.diagnose import nan_loss_message

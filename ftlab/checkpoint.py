@@ -25,14 +25,18 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from ftlab import distributed
+
 PREFIX, SUFFIX = "checkpoint-", ".pt"
 
 
-def save(checkpoint_dir, state, keep_last: int = 2, epoch_done: bool = False) -> Path:
+def save(checkpoint_dir, state, keep_last: int = 2, epoch_done: bool = False) -> Path | None:
     """Write the training state to checkpoint-<step>.pt and keep the newest `keep_last` files.
 
-    Taught in lesson 02.
+    Taught in lesson 02. With several processes only rank 0 writes (and returns the path).
     """
+    if not distributed.is_main_process():
+        return None
     folder = Path(checkpoint_dir)
     folder.mkdir(parents=True, exist_ok=True)
     payload = {
@@ -41,7 +45,7 @@ def save(checkpoint_dir, state, keep_last: int = 2, epoch_done: bool = False) ->
         "step": state.step,
         "data_seed": state.data_seed,
         "batch_splits": state.batch_splits,
-        "model": state.model.state_dict(),
+        "model": distributed.unwrap(state.model).state_dict(),  # no DDP/compile prefixes
         "optimizer": state.optimizer.state_dict(),
         "scheduler": state.scheduler.state_dict(),
         "scaler": state.scaler.state_dict(),
@@ -69,7 +73,7 @@ def resume(checkpoint_dir, state, verbose: bool = True) -> Path | None:
     if not found:
         return None
     saved = torch.load(found[-1], map_location="cpu", weights_only=False)
-    state.model.load_state_dict(saved["model"])
+    distributed.unwrap(state.model).load_state_dict(saved["model"])
     _check_param_groups(state.optimizer, saved["optimizer"], found[-1])
     state.optimizer.load_state_dict(saved["optimizer"])
     state.scheduler.load_state_dict(saved["scheduler"])

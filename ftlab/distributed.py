@@ -81,8 +81,14 @@ def prepare(model: nn.Module, train_dl, val_dl=None, device=None):
 
 
 def unwrap(model: nn.Module) -> nn.Module:
-    """Return the model inside its DistributedDataParallel wrapper (itself if not wrapped)."""
-    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+    """Return the model inside its DistributedDataParallel and torch.compile wrappers."""
+    while True:
+        if isinstance(model, nn.parallel.DistributedDataParallel):
+            model = model.module
+        elif hasattr(model, "_orig_mod"):  # torch.compile's OptimizedModule
+            model = model._orig_mod
+        else:
+            return model
 
 
 def sync_gradients(model: nn.Module, sync: bool):
@@ -91,23 +97,33 @@ def sync_gradients(model: nn.Module, sync: bool):
     Taught in lesson 06. With gradient accumulation only the last micro-batch before an
     optimizer step needs the (slow) exchange; the others accumulate locally.
     """
-    if sync or not isinstance(model, nn.parallel.DistributedDataParallel):
+    ddp = getattr(model, "_orig_mod", model)  # DDP inside torch.compile
+    if sync or not isinstance(ddp, nn.parallel.DistributedDataParallel):
         return contextlib.nullcontext()
-    return model.no_sync()
+    return ddp.no_sync()
 
 
-def gather(*tensors: torch.Tensor | None):
-    """Concatenate each tensor of one batch across processes; None stays None.
+def gather(dl, *tensors: torch.Tensor | None):
+    """Concatenate each tensor of one batch of `dl` across processes; None stays None.
 
-    Taught in lesson 06: evaluation on sharded loaders gathers each batch's logits and labels
-    (the duplicates that even out the last batch are dropped), then computes metrics over the
-    whole set. In a single process: return the tensors unchanged.
+    Taught in lesson 06: evaluation on a loader that `prepare` sharded gathers each batch's
+    logits and labels (dropping the duplicates that even out the last batch), then computes
+    metrics over the whole set. Any other loader, or a single process: tensors unchanged.
     """
-    if _accelerator is not None and is_distributed():
+    if is_sharded(dl):
         tensors = tuple(
             _accelerator.gather_for_metrics(t) if t is not None else None for t in tensors
         )
     return tensors if len(tensors) > 1 else tensors[0]
+
+
+def is_sharded(dl) -> bool:
+    """Return True for a loader that `prepare` split across processes."""
+    if _accelerator is None or not is_distributed():
+        return False
+    from accelerate.data_loader import DataLoaderDispatcher, DataLoaderShard
+
+    return isinstance(dl, (DataLoaderShard, DataLoaderDispatcher))
 
 
 def mean(value: torch.Tensor) -> torch.Tensor:

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 import torch
 import torch.nn.functional as F
 
-from ftlab import checkpoint
+from ftlab import checkpoint, distributed, fast
 from ftlab.callbacks import History, StepLog, TrainState, as_early_stopping
 from ftlab.diagnose import device_mismatch_message, out_of_memory_message, preflight
 from ftlab.env import pick_device, pick_precision, seed_everything
@@ -31,7 +31,7 @@ def fit(
     scheduler="linear", warmup_ratio=0.0, weight_decay=0.01, precision="auto", grad_accum_steps=1,
     max_grad_norm=1.0, callbacks=(), checkpoint_dir=None, resume=True, progress=True, seed=None,
     device=None, metrics=("accuracy",), early_stopping=None, check=True, checkpoint_every=None,
-    keep_last=2, oom_retry=False,
+    keep_last=2, oom_retry=False, compile=None, channels_last=False,
 ) -> History:  # fmt: skip
     """Train `model` on `train_dl`, evaluate on `val_dl` after each epoch; return the History.
 
@@ -43,14 +43,24 @@ def fit(
     first: labels outside the model's outputs or an empty loader raise, other findings warn.
     `oom_retry=True` redoes a batch that ran out of GPU memory in halves (same effective batch).
     `early_stopping`: `EarlyStopping(monitor="accuracy", patience=2)` or a dict of its arguments.
+    Lesson 06: `compile="default"|"reduce-overhead"` runs the model through `torch.compile`;
+    `channels_last=True` stores a CNN's weights NHWC; under `torchrun`/`accelerate launch` the
+    same call trains data-parallel (see `ftlab.distributed`): only rank 0 prints and writes.
     """
-    device = pick_device(device)
+    device = distributed.local_device(pick_device(device))  # cuda:<local rank> under a launcher
     model.to(device)
+    if channels_last:
+        fast.channels_last(model)
+    progress = progress and distributed.is_main_process()
     if seed is not None:
         seed_everything(seed)
     lr_used = lr if optimizer is None else None
     preflight(model, train_dl, optimizer, lr_used, device, check, callbacks)
     optimizer = optimizer or default_optimizer(model, lr, weight_decay, device)
+    # Launched on several processes: a DDP model and sharded loaders; one process: unchanged.
+    model, train_dl, val_dl = distributed.prepare(model, train_dl, val_dl, device)
+    if compile:
+        model = fast.compile_model(model, compile)
     total_steps = _total_steps(train_dl, num_epochs, grad_accum_steps, max_steps)
     precision = pick_precision(device, precision)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
@@ -73,9 +83,11 @@ def fit(
         batches = checkpoint.epoch_batches(train_dl, state)  # seeded order, resumable
         for step, batch in enumerate(log.progress(batches, num_batches), state.batch_in_epoch):
             batch = to_device(batch, device)
-            loss = forward_backward(state, batch, grad_accum_steps)  # autocast, loss, backward
+            sync = (step + 1) % grad_accum_steps == 0 or step + 1 == num_batches
+            with distributed.sync_gradients(model, sync):  # several processes: average gradients
+                loss = forward_backward(state, batch, grad_accum_steps)  # autocast, loss, backward
             log.add_batch(loss, _batch_size(batch))
-            if (step + 1) % grad_accum_steps == 0 or step + 1 == num_batches:
+            if sync:
                 optimizer_step(optimizer, scaler, max_grad_norm)
                 state.scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
@@ -88,7 +100,8 @@ def fit(
                 if state.step >= total_steps or state.stop:
                     break
         log.flush()
-        val_results = evaluate(model, val_dl, metrics, device, precision) if val_dl else None
+        val_model = distributed.unwrap(model)  # evaluated without the DDP and compile wrappers
+        val_results = evaluate(val_model, val_dl, metrics, device, precision) if val_dl else None
         seconds = time.perf_counter() - started
         state.history.end_epoch(epoch, log.epoch_loss(epoch), val_results, seconds)
         state.batch_in_epoch = 0
@@ -241,6 +254,7 @@ def predict(model, dl, device=None, precision="auto") -> tuple[torch.Tensor, tor
             batch = to_device(batch, device)
             with torch.autocast(device.type, AUTOCAST_DTYPES[precision], precision != "fp32"):
                 logits, labels = _forward_for_logits(model, batch)
+            logits, labels = distributed.gather(dl, logits, labels)  # sharded: every process's rows
             all_logits.append(logits.float())  # stays on the device: one copy at the end
             if labels is not None:
                 all_labels.append(labels)
