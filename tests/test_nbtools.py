@@ -53,3 +53,14 @@ def test_setup_cell_installs_only_in_colab_and_keeps_torch():
     source = nbtools.setup_source()
     assert 'if "google.colab" in sys.modules' in source
     assert "torch" not in source.split("%pip")[1]
+
+
+def test_readme_badges_point_at_existing_notebooks():
+    readme = (ROOT / "README.md").read_text()
+    prefix = nbtools.colab_url("")
+    linked = [part.split(")")[0] for part in readme.split(f"]({prefix}")[1:]]
+    assert linked, "the README's learning path has no Colab badges"
+    for relative in linked:
+        assert (ROOT / relative).exists(), f"README badge points at missing {relative}"
+    for lesson in sorted((ROOT / "notebooks").glob("*.ipynb")):
+        assert f"notebooks/{lesson.name}" in linked, f"README has no badge for {lesson.name}"
