@@ -168,6 +168,106 @@ WRONG_ANSWERS = {
         ),
         ("01.q6", "frozen_count = 2", "frozen_count is 2 but 5504 parameters are frozen"),
     ],
+    "02": [
+        (
+            "02.q1",
+            "def pad_batch(examples, pad_token_id=0):\n"
+            "    input_ids = torch.full((len(examples), 32), pad_token_id)\n"
+            "    mask = torch.zeros(len(examples), 32, dtype=torch.long)\n"
+            "    for row, example in enumerate(examples):\n"
+            "        ids = torch.tensor(example['input_ids'])\n"
+            "        input_ids[row, : len(ids)], mask[row, : len(ids)] = ids, 1\n"
+            "    labels = torch.tensor([e['label'] for e in examples])\n"
+            "    return {'input_ids': input_ids, 'attention_mask': mask, 'labels': labels}\n",
+            "you padded to 32 tokens but the longest sequence in this batch has 7",
+        ),
+        (
+            "02.q1",
+            "_right = pad_batch\n"
+            "def pad_batch(examples, pad_token_id=0):\n"
+            "    batch = _right(examples, pad_token_id)\n"
+            "    batch['attention_mask'] = torch.ones_like(batch['input_ids'])\n"
+            "    return batch\n",
+            "attention_mask is 1 on 6 padding positions",
+        ),
+        (
+            "02.q1",
+            "_right = pad_batch\n"
+            "def pad_batch(examples, pad_token_id=0):\n"
+            "    batch = _right(examples, pad_token_id)\n"
+            "    batch['label'] = batch.pop('labels')\n"
+            "    return batch\n",
+            "compute the loss from a key named `labels`",
+        ),
+        ("02.q2", "predicted_accuracy = 50", "an accuracy is between 0 and 1"),
+        ("02.q2", "chance_accuracy = 0.0", "is right 1/2 of the time"),
+        (
+            "02.q3",
+            "SentimentClassifier = SentimentClassifierBuggy",
+            "the classifier is never called on the pooled output",
+        ),
+        (
+            "02.q4",
+            "compute_loss = compute_loss_buggy",
+            "pass outputs.logits to the loss",
+        ),
+        (
+            "02.q5",
+            "make_optimizer = make_optimizer_buggy",
+            "lr 0.01 is a learning rate for training",
+        ),
+        (
+            "02.q5",
+            "def make_optimizer(model):\n"
+            "    return torch.optim.AdamW(model.classifier.parameters(), lr=5e-5)\n",
+            "parameters are not in the optimizer",
+        ),
+        (
+            "02.q6",
+            "def train_step(model, batch, optimizer, scheduler=None, max_grad_norm=1.0):\n"
+            "    loss = model(**batch).loss\n"
+            "    loss.backward()\n"
+            "    torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)\n"
+            "    optimizer.step()\n"
+            "    scheduler.step()\n"
+            "    return loss.item()\n",
+            "gradients of the first step were still there in the second",
+        ),
+        (
+            "02.q6",
+            "def train_step(model, batch, optimizer, scheduler=None, max_grad_norm=1.0):\n"
+            "    optimizer.zero_grad()\n"
+            "    loss = model(**batch).loss\n"
+            "    loss.backward()\n"
+            "    optimizer.step()\n"
+            "    scheduler.step()\n"
+            "    return loss.item()\n",
+            "the update was not clipped",
+        ),
+        (
+            "02.q6",
+            "def train_step(model, batch, optimizer, scheduler=None, max_grad_norm=1.0):\n"
+            "    optimizer.zero_grad()\n"
+            "    loss = model(**batch).loss\n"
+            "    loss.backward()\n"
+            "    torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)\n"
+            "    optimizer.step()\n"
+            "    return loss.item()\n",
+            "the scheduler did not step",
+        ),
+        (
+            "02.q6",
+            "def train_step(model, batch, optimizer, scheduler=None, max_grad_norm=1.0):\n"
+            "    loss = model(**batch).loss\n"
+            "    loss.backward()\n"
+            "    torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)\n"
+            "    optimizer.step()\n"
+            "    scheduler.step()\n"
+            "    optimizer.zero_grad()\n"
+            "    return loss\n",
+            "return loss.item(), a Python float, not a Tensor",
+        ),
+    ],
 }
 
 
