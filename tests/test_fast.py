@@ -147,3 +147,57 @@ def test_loader_kwargs_and_to_device_on_cpu():
     batch = {"x": torch.ones(2), "pair": (torch.zeros(1), 3)}
     moved = fast.to_device(batch, "cpu")
     assert torch.equal(moved["x"], batch["x"]) and moved["pair"][1] == 3
+
+
+def _images_problem():
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randn(16, 3, 8, 8, generator=generator)
+    labels = (images[:, 0].mean(dim=(1, 2)) > 0).long()
+    return torch.utils.data.DataLoader(list(zip(images, labels, strict=True)), batch_size=4)
+
+
+def _cnn():
+    # No conv bias before BatchNorm: its true gradient is 0, and AdamW would turn rounding
+    # noise in it into full-size steps that differ between memory layouts.
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3, bias=False), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(4, 2),
+    )  # fmt: skip
+
+
+def _fit(model, **kwargs):
+    from ftlab.train import fit
+
+    return fit(model, _images_problem(), lr=1e-2, device="cpu", progress=False, check=False,
+               seed=0, **kwargs)  # fmt: skip
+
+
+def test_fit_channels_last_trains_the_same_weights():
+    plain, nhwc = _cnn(), _cnn()
+    _fit(plain)
+    _fit(nhwc, channels_last=True)
+    assert nhwc[0].weight.is_contiguous(memory_format=torch.channels_last)
+    for a, b in zip(plain.parameters(), nhwc.parameters(), strict=True):
+        assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_fit_compile_trains_the_same_weights_and_saves_plain_keys(monkeypatch, tmp_path):
+    with pytest.raises(ValueError, match="compile mode"):
+        _fit(_cnn(), compile="fastest")
+    calls, compile_model = [], fast.compile_model
+
+    def eager_compile(model, mode):  # the same wiring, without minutes of C++ compilation
+        calls.append(mode)
+        return compile_model(model, mode, backend="eager")
+
+    monkeypatch.setattr(fast, "compile_model", eager_compile)
+    plain, compiled = _cnn(), _cnn()
+    _fit(plain)
+    _fit(compiled, compile="reduce-overhead", checkpoint_dir=tmp_path)
+    assert calls == ["reduce-overhead"]
+    for a, b in zip(plain.parameters(), compiled.parameters(), strict=True):
+        assert torch.allclose(a, b, atol=1e-6)
+    saved = torch.load(sorted(tmp_path.glob("*.pt"))[-1], weights_only=False)
+    assert set(saved["model"]) == set(plain.state_dict())  # no "_orig_mod." prefix
