@@ -268,6 +268,82 @@ WRONG_ANSWERS = {
             "return loss.item(), a Python float, not a Tensor",
         ),
     ],
+    "03": [
+        ("03.q1", "preprocess = preprocess_buggy", "convert the uint8 images to float"),
+        (
+            "03.q1",
+            "def preprocess(images, mean, std):\n"
+            "    return (images.float() / 255 - torch.tensor(mean)) / torch.tensor(std)\n",
+            "reshape mean and std to (3, 1, 1)",
+        ),
+        (
+            "03.q2",
+            "def replace_head(model, num_classes):\n"
+            "    model.fc = nn.Linear(512, num_classes)\n"
+            "    return model\n",
+            "read model.fc.in_features instead of hard-coding",
+        ),
+        (
+            "03.q2",
+            "def replace_head(model, num_classes):\n"
+            "    model.fc = nn.Sequential(model.fc, nn.Linear(1000, num_classes))\n"
+            "    return model\n",
+            "model.fc should be one new nn.Linear",
+        ),
+        (
+            "03.q2",
+            "def replace_head(model, num_classes):\n"
+            "    model.fc = nn.Linear(model.fc.in_features, num_classes)\n",
+            "return the same model",
+        ),
+        ("03.q3", "predicted_trainable_share = 5", "a share is a fraction between 0 and 1"),
+        (
+            "03.q3",
+            "trainable_share = 5130 / 11181642",
+            "divide the numel() of the parameters that require grad",
+        ),
+        (
+            "03.q4",
+            "def compute_features(backbone, dl):\n"
+            "    with torch.no_grad():\n"
+            "        pairs = [(backbone(x), y) for x, y in dl]\n"
+            "    return torch.cat([f for f, _ in pairs]), torch.cat([y for _, y in pairs])\n",
+            "call backbone.eval() first",
+        ),
+        (
+            "03.q4",
+            "def compute_features(backbone, dl):\n"
+            "    backbone.eval()\n"
+            "    pairs = [(backbone(x), y) for x, y in dl]\n"
+            "    return torch.cat([f for f, _ in pairs]), torch.cat([y for _, y in pairs])\n",
+            "your features carry an autograd graph",
+        ),
+        ("03.q5", "set_train_mode = set_train_mode_buggy", "2 BatchNorm layers (backbone.1,"),
+        (
+            "03.q5",
+            "def set_train_mode(model):\n"
+            "    model.train()\n"
+            "    for module in model.modules():\n"
+            "        if isinstance(module, nn.BatchNorm2d):\n"
+            "            module.eval()\n",
+            "BatchNorm layers that train should stay in train mode",
+        ),
+        (
+            "03.q6",
+            "def make_optimizer(model, backbone_lr, head_lr):\n"
+            "    return torch.optim.AdamW([\n"
+            "        {'params': model.parameters(), 'lr': backbone_lr},\n"
+            "        {'params': model.fc.parameters(), 'lr': head_lr},\n"
+            "    ])\n",
+            "appear in more than one parameter group",
+        ),
+        (
+            "03.q6",
+            "def make_optimizer(model, backbone_lr, head_lr):\n"
+            "    return torch.optim.AdamW(model.parameters(), lr=backbone_lr)\n",
+            "fc.weight gets lr 0.0001, but the head should get 0.001",
+        ),
+    ],
 }
 
 
