@@ -18,23 +18,32 @@ NUM_CLASSES = 10  # vision
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))  # mean, std
 
 
-def text_data(work: dict) -> dict:
-    """SST-2-shaped sentences: lengths ≈ 13 tokens on average; label = which marker occurs."""
+def sst2_shaped(num_examples: int, max_length: int = 128, vocab_size: int = 30522, seed: int = 0):
+    """Return tokenized sentences whose lengths are drawn like SST-2's: mean ≈ 13, long tail.
+
+    Taught in lesson 06. Each example is {"input_ids": [CLS, ..., SEP], "labels": 0 or 1}; the
+    label is which of two marker tokens the sentence holds, so a model can learn it.
+    """
     import numpy as np
 
-    vocab_size = bert_config(work).vocab_size
-    max_length, batch_size = work["max_length"], work["batch_size"]
-    rng = np.random.default_rng(work["seed"])
-    num_train, num_eval = work["steps"] * batch_size, 4 * batch_size
-    lengths = np.clip(
-        np.rint(rng.lognormal(math.log(11), 0.6, num_train + num_eval)), 4, max_length
-    )
+    rng = np.random.default_rng(seed)
+    lengths = np.clip(np.rint(rng.lognormal(math.log(11), 0.6, num_examples)), 4, max_length)
     examples = []
     for length in lengths.astype(int).tolist():
         label = int(rng.integers(2))
         body = rng.integers(6, vocab_size, length - 2)  # ids 0-3: [PAD] [UNK] [CLS] [SEP]
         body[rng.integers(length - 2)] = 4 + label  # the marker decides the label
         examples.append({"input_ids": [2, *body.tolist(), 3], "labels": label})
+    return examples
+
+
+def text_data(work: dict) -> dict:
+    """SST-2-shaped sentences, and the loaders' pieces each path uses."""
+    vocab_size = bert_config(work).vocab_size
+    max_length, batch_size = work["max_length"], work["batch_size"]
+    num_train, num_eval = work["steps"] * batch_size, 4 * batch_size
+    examples = sst2_shaped(num_train + num_eval, max_length, vocab_size, work["seed"])
+    lengths = [len(example["input_ids"]) for example in examples]
     train, held_out = examples[:num_train], examples[num_train:]
     return {
         "plain": train,
