@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from ftlab import bench, bench_data
+from ftlab import bench, bench_data, fast
 
 TEXT_PATHS = {"plain_fp32", "trainer_default", "ftlab_fit_fast"}
 FIELDS = {
@@ -104,3 +104,14 @@ def test_bad_arguments_say_what_to_do():
             bench.run_bench("cuda", tiny=True)
     with pytest.raises(SystemExit):
         bench.main(["--device", "tpu"])
+
+
+def test_vision_paths_read_the_same_images():
+    work = dict(bench.SIZES["tiny"]["vision"], task="vision", seed=0)
+    data = bench_data.vision_data(work)
+    assert len(data["plain"]) == len(data["fast"]) == work["steps"] * work["batch_size"]
+    floats, label = data["plain"][3]
+    image, same_label = data["fast"][3]
+    assert image.dtype == torch.uint8 and label == same_label
+    normalize = fast.ImageNormalize(*bench_data.IMAGENET)
+    assert torch.allclose(normalize(image[None])[0], floats)
