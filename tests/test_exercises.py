@@ -344,6 +344,87 @@ WRONG_ANSWERS = {
             "fc.weight gets lr 0.0001, but the head should get 0.001",
         ),
     ],
+    "04": [
+        (
+            "04.q1",
+            "def freeze_all_but_head(model):\n"
+            "    for name, p in model.named_parameters():\n"
+            "        p.requires_grad_(name.startswith('classifier'))\n",
+            "2 parameters (fc.bias, fc.weight) of the head are frozen (small CNN with an fc head)",
+        ),
+        (
+            "04.q1",
+            "def freeze_all_but_head(model):\n"
+            "    head = model.classifier if hasattr(model, 'classifier') else model.fc\n"
+            "    head.requires_grad_(True)\n",
+            "are still trainable (tiny BERT)",
+        ),
+        (
+            "04.q1",
+            "def freeze_all_but_head(model):\n"
+            "    model.requires_grad_(True)\n"
+            "    model.bert.encoder.requires_grad_(False)\n",
+            "7 parameters (bert.embeddings.LayerNorm.bias,",
+        ),
+        ("04.q2", "predicted_frozen_accuracy = ...", "`predicted_frozen_accuracy` is still `...`"),
+        ("04.q2", "gap = frozen_accuracy - full_accuracy", "gap should be full_accuracy"),
+        (
+            "04.q3",
+            "def unfreeze_last_k(model, k):\n"
+            "    model.requires_grad_(False)\n"
+            "    model.classifier.requires_grad_(True)\n"
+            "    for layer in model.bert.encoder.layer[:k]:\n"
+            "        layer.requires_grad_(True)\n",
+            "should train (k=1 of 3 layers)",
+        ),
+        (
+            "04.q3",
+            "def unfreeze_last_k(model, k):\n"
+            "    model.requires_grad_(False)\n"
+            "    model.classifier.requires_grad_(True)\n"
+            "    model.bert.pooler.requires_grad_(k > 0)\n"
+            "    layers = model.bert.encoder.layer\n"
+            "    for layer in layers[len(layers) - k :] if k else []:\n"
+            "        layer.requires_grad_(True)\n",
+            "on a 3-layer model should raise a ValueError",
+        ),
+        (
+            "04.q4",
+            "def bias_only(model):\n"
+            "    for name, p in model.named_parameters():\n"
+            "        p.requires_grad_(name.endswith('.bias'))\n",
+            "1 parameter (classifier.weight) of the head is frozen",
+        ),
+        (
+            "04.q5",
+            "def make_optimizer(model, lr):\n"
+            "    return torch.optim.AdamW(model.parameters(), lr=lr)\n",
+            "hand it only [p for p in model.parameters() if p.requires_grad]",
+        ),
+        (
+            "04.q5",
+            "def make_optimizer(model, lr):\n"
+            "    return torch.optim.AdamW(model.classifier.parameters(), lr=lr)\n",
+            "trainable parameters (bert.encoder.layer.1.attention",
+        ),
+        (
+            "04.q6",
+            "def layerwise_lr_groups(model, lr, decay):\n"
+            "    trainable = [p for p in model.parameters() if p.requires_grad]\n"
+            "    return [{'params': trainable, 'lr': lr}]\n",
+            "should get lr·decay^2 = 0.00025 (2 blocks below the head)",
+        ),
+        (
+            "04.q6",
+            "def layerwise_lr_groups(model, lr, decay):\n"
+            "    layers = model.bert.encoder.layer\n"
+            "    blocks = [model.classifier, model.bert.pooler, *reversed(layers)]\n"
+            "    blocks.append(model.bert.embeddings)\n"
+            "    return [{'params': list(m.parameters()), 'lr': lr * decay**d}\n"
+            "            for d, m in enumerate(blocks)]\n",
+            "frozen parameters (bert.embeddings",
+        ),
+    ],
 }
 
 
@@ -359,3 +440,24 @@ def test_a_typical_wrong_answer_fails_with_a_helpful_message(lesson, question_id
     result = run_with(lesson, question_id, code)
     assert not result.passed, f"a wrong answer passes {question_id}:\n{code}"
     assert phrase in result.message, result.message
+
+
+def test_lesson_04_checks_agree_with_ftlab_freeze():
+    from ftlab import freeze
+    from ftlab.checks.lesson04 import block_depth, expected_trainable
+    from ftlab.checks.tools import TinyCNN, tiny_bert
+
+    def trains(model):
+        return {name for name, p in model.named_parameters() if p.requires_grad}
+
+    bert = tiny_bert(num_layers=3)
+    for k in (0, 1, 3):
+        assert trains(freeze.last_k(bert, k)) == expected_trainable(bert, k=k)
+    assert trains(freeze.bias_only(bert)) == expected_trainable(bert, biases=True)
+    cnn = TinyCNN()
+    assert trains(freeze.head_only(cnn)) == expected_trainable(cnn)
+    bert.requires_grad_(True)
+    named = {id(p): name for name, p in bert.named_parameters()}
+    for group in freeze.layerwise_lr_groups(bert, lr=1.0, decay=0.5):
+        for p in group["params"]:
+            assert group["lr"] == 0.5 ** block_depth(named[id(p)], num_layers=3)

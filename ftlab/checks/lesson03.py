@@ -9,7 +9,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from ftlab.checks import Wrong, question
-from ftlab.checks.tools import TinyCNN, answer, call, close, count
+from ftlab.checks.tools import TinyCNN, answer, are, call, close, count
 
 
 @question("03.q1", points=2)
@@ -146,8 +146,8 @@ def frozen_batchnorm_stays_in_eval(namespace: dict) -> str:
         model(torch.randn(8, 3, 16, 16) * 3 + 1)  # one training batch
         moved = (model.backbone[1].running_mean - before).abs().max().item()
         raise Wrong(
-            f"{count(drifting, 'BatchNorm layer')} of the frozen backbone are in train mode: "
-            f"their running statistics drift toward each batch (running_mean moved by "
+            f"{count(drifting, 'BatchNorm layer')} of the frozen backbone {are(drifting)} in "
+            "train mode: their running statistics drift toward each batch (running_mean moved by "
             f"{moved:.2f} in one batch). Put them in eval mode after model.train()"
         )
     if not model.training or not model.fc.training:
@@ -176,7 +176,9 @@ def backbone_and_head_learning_rates(namespace: dict) -> str:
     names = dict(model.named_parameters())  # torch itself refuses a parameter in two groups
     missing = [n for n, p in names.items() if id(p) not in lrs]
     if missing:
-        raise Wrong(f"{count(missing, 'parameter')} are in no parameter group, so never train")
+        raise Wrong(
+            f"{count(missing, 'parameter')} {are(missing)} in no parameter group, so never train"
+        )
     for name, p in names.items():
         wanted = 1e-3 if name.startswith("fc.") else 1e-4
         if abs(lrs[id(p)] - wanted) > 1e-12:

@@ -91,6 +91,11 @@ def count(items: list[str], singular: str) -> str:
     return f"{len(items)} {plural} ({shown})"
 
 
+def are(items: list) -> str:
+    """Return "is" for one item and "are" for several, to follow `count`."""
+    return "is" if len(items) == 1 else "are"
+
+
 @contextmanager
 def forbidden(module: Any, name: str, advice: str):
     """Make `module.name` raise Wrong(advice) in the block, e.g. to require a hand-written loss."""
