@@ -151,17 +151,9 @@ def build_command(args, hidden: Path | None) -> int:
         return 2
     problems, generated = [], {}
     for path in paths:
-        lesson, solution = lesson_of_path(path), nbformat.read(path, as_version=4)
-        found = validate_solution(solution, lesson, str(path))
-        if not found and not args.no_run:
-            print(f"running the checks on {path}", flush=True)
-            rows = grade_notebook(path, "solution", args.solutions, hidden=hidden)
-            found = [
-                f"{path}: {r.question} fails: {r.message}" for r in rows if r.points < r.max_points
-            ]
+        found, text = _build_one(path, not args.no_run, hidden)
         problems += found
-        exercise = make_exercise(solution, f"exercises/{path.name}")
-        generated[args.exercises / path.name] = nbformat.writes(exercise) + "\n"
+        generated[args.exercises / path.name] = text
     if problems:
         print("\n".join(problems) + "\nrefusing to write the exercises: fix the solutions first")
         return 1
@@ -169,6 +161,7 @@ def build_command(args, hidden: Path | None) -> int:
     if args.check:
         for target in stale:
             print(f"out of sync: {target} (run `ftlab exercises build`)")
+        print(f"{len(generated) - len(stale)} of {len(generated)} exercises in sync")
         return 1 if stale else 0
     args.exercises.mkdir(parents=True, exist_ok=True)
     for target in stale:
@@ -176,6 +169,25 @@ def build_command(args, hidden: Path | None) -> int:
         print(f"wrote {target}")
     print(f"{len(generated)} exercises up to date")
     return 0
+
+
+def _build_one(path: Path, run_checks: bool, hidden: Path | None) -> tuple[list[str], str]:
+    # Return the problems of one solution notebook and, when it has none, its exercise's text.
+    try:
+        solution = nbformat.read(path, as_version=4)
+    except Exception as error:
+        return [f"{path}: not a readable notebook: {error}"], ""
+    problems = validate_solution(solution, lesson_of_path(path), str(path))
+    if not problems and run_checks:
+        print(f"running the checks on {path}", flush=True)
+        rows = grade_notebook(path, "solution", path.parent, hidden=hidden)
+        problems = [
+            f"{path}: {r.question} fails: {r.message}" for r in rows if r.points < r.max_points
+        ]
+    if problems:
+        return problems, ""
+    exercise = make_exercise(solution, f"exercises/{path.name}")
+    return [], nbformat.writes(exercise) + "\n"
 
 
 def write_csv(rows: list[Row], path: Path) -> None:

@@ -84,6 +84,7 @@ def test_blank_answers_say_how_to_answer():
     message = checks.run("01.q1", namespace).message
     assert "still raises NotImplementedError: replace `# YOUR CODE HERE`" in message
     assert "`predicted_max_lr` is not defined" in checks.run("01.q4", namespace).message
+    assert "`frozen_count` is not defined" in checks.run("01.q6", namespace).message
 
 
 WRONG_ANSWERS = {

@@ -209,6 +209,7 @@ def evaluation_without_gradients(namespace: dict) -> str:
 
 @question("01.q6", points=2)
 def body_frozen_head_trains(namespace: dict) -> str:
+    counted = answer(namespace, "frozen_count", "number")
     mlp = answer(namespace, "mlp")
     if not isinstance(mlp, nn.Sequential) or len(mlp) != 5:
         raise Wrong(
@@ -226,7 +227,6 @@ def body_frozen_head_trains(namespace: dict) -> str:
             "requires_grad_(False) on mlp[0] and mlp[2]"
         )
     frozen = sum(p.numel() for p in mlp.parameters() if not p.requires_grad)
-    counted = answer(namespace, "frozen_count", "number")
     if counted != frozen:
         raise Wrong(
             f"frozen_count is {counted:g} but {frozen} parameters are frozen: sum p.numel() "
