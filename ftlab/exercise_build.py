@@ -83,6 +83,7 @@ def make_exercise(solution: nbformat.NotebookNode, exercise_path: str) -> nbform
         else:
             cell.source = strip_markers(cell.source, cell.cell_type, f"cell {index}")
         cell.metadata.pop("execution", None)
+        cell.id = str(index)  # what nbstripout (pre-commit) writes, so the two agree
         if cell.cell_type == "code":
             cell.outputs, cell.execution_count = [], None
     lesson = lesson_of_path(Path(exercise_path))
