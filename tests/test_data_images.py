@@ -94,6 +94,12 @@ def test_batch_augment_train_mode_crops_each_image_differently():
     assert not torch.allclose(out[0], out[1])  # one crop per image, not one per batch
 
 
+def test_batch_augment_without_augmentation_is_deterministic_in_train_mode():
+    images = random_images(4, 48, 48)
+    plain = BatchAugment("resnet18", 32, augment=False).train()
+    torch.testing.assert_close(plain(images), BatchAugment("resnet18", 32).eval()(images))
+
+
 def test_batch_augment_of_a_constant_image_is_the_normalised_constant():
     images = torch.full((4, 3, 40, 40), 51, dtype=torch.uint8)
     out = BatchAugment(EFFICIENTNET_LITE0, 24).train()(images)

@@ -137,15 +137,16 @@ class BatchAugment(nn.Module):
 
     In train mode each image gets its own random resized crop and horizontal flip (one
     `grid_sample` for the whole batch); in eval mode every image is resized and centre-cropped
-    like `eval_transform`. Put it in front of a model: `nn.Sequential(BatchAugment(...), model)`.
+    like `eval_transform`. `augment=False` does the eval-mode preprocessing in both modes.
+    Put it in front of a model: `nn.Sequential(BatchAugment(...), model)`.
     """
 
-    def __init__(self, name: str, image_size: int | None = None, scale=(0.08, 1.0), flip=True):
+    def __init__(self, name: str, image_size=None, scale=(0.08, 1.0), flip=True, augment=True):
         super().__init__()
         if not 0 < scale[0] <= scale[1] <= 1:
             raise ValueError(f"scale must satisfy 0 < low <= high <= 1, got {scale}")
         self.pre = weights_preprocessing(name, image_size)
-        self.scale, self.flip = scale, flip
+        self.scale, self.flip, self.augment = scale, flip, augment
         self.register_buffer("mean", torch.tensor(self.pre.mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(self.pre.std).view(1, 3, 1, 1), persistent=False)
 
@@ -156,13 +157,19 @@ class BatchAugment(nn.Module):
                 f"{tuple(images.shape)}; pass the ImageTensors without a transform"
             )
         x = images.float() / 255  # (batch, 3, H, W) in [0, 1]
-        x = self._random_resized_crop(x) if self.training else self._resize_center_crop(x)
+        if self.training and self.augment:
+            x = self._random_resized_crop(x)
+        else:
+            x = self._resize_center_crop(x)
         return (x - self.mean) / self.std  # (batch, 3, crop, crop)
 
     def _random_resized_crop(self, x: torch.Tensor) -> torch.Tensor:
         """Sample one crop box (and flip) per image and resample all of them at once."""
         batch, height, width = x.shape[0], x.shape[2], x.shape[3]
-        uniform = lambda low, high: torch.empty(batch, device=x.device).uniform_(low, high)  # noqa: E731
+
+        def uniform(low: float, high: float) -> torch.Tensor:  # (batch,) on the batch's device
+            return torch.empty(batch, device=x.device).uniform_(low, high)
+
         area = uniform(*self.scale)  # fraction of the image's area kept
         ratio = torch.exp(uniform(math.log(3 / 4), math.log(4 / 3)))  # crop width / height
         crop_w = torch.sqrt(area * ratio * height / width).clamp(max=1)  # fraction of width
