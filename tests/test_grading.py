@@ -289,13 +289,20 @@ def test_grade_a_class_with_good_broken_and_hanging_submissions(tmp_path, capsys
     assert any("alice" in line and "10/13" in line for line in printed.splitlines())
 
 
-def test_a_notebook_past_its_time_limit_is_stopped_and_reported(tmp_path):
-    cells = ['LESSON = "01"\nimport time', "time.sleep(60)", 'check("q1")']
-    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells])
-    _write(notebook, tmp_path / "submissions" / "slow.ipynb")
+def test_a_notebook_past_its_time_limit_and_a_dead_kernel_are_reported(tmp_path):
+    def notebook(*cells):
+        return nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells])
+
+    submissions = tmp_path / "submissions"
+    _write(notebook('LESSON = "01"', "import time", "time.sleep(60)"), submissions / "slow.ipynb")
+    crash = notebook('LESSON = "01"', "import os\nos._exit(1)", 'check("q1")')
+    _write(crash, submissions / "crash.ipynb")
     out = tmp_path / "grades.csv"
-    assert main(["grade", str(tmp_path / "submissions"), "--out", str(out), "--timeout", "3"]) == 0
+    assert main(["grade", str(submissions), "--out", str(out), "--timeout", "3"]) == 0
     rows = list(csv.DictReader(open(out)))
-    assert len(rows) == 6 and all(row["points"] == "0" for row in rows)
-    assert rows[0]["message"].startswith("not graded: the notebook ran past its 3 s limit")
-    assert "cell 2 (`time.sleep(60)`) raised Timeout" in rows[0]["message"]
+    assert len(rows) == 12 and all(row["points"] == "0" for row in rows)
+    slow, crashed = rows[6], rows[0]
+    assert slow["message"].startswith("not graded: the notebook ran past its 3 s limit")
+    assert "cell 3 (`time.sleep(60)`) raised Timeout" in slow["message"]
+    assert crashed["message"].startswith("not graded: the kernel died")
+    assert "cell 2 (`import os`) raised KernelDied" in crashed["message"]
