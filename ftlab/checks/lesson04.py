@@ -153,16 +153,7 @@ def layerwise_decay(namespace: dict) -> str:
     model.bert.embeddings.requires_grad_(False)  # frozen parameters belong in no group
     what = "layerwise_lr_groups(model, lr=1e-3, decay=0.5)"
     groups = call(function, model, lr=1e-3, decay=0.5, what=what)
-    if not isinstance(groups, list) or not all(
-        isinstance(g, dict) and "params" in g and "lr" in g for g in groups
-    ):
-        raise Wrong("return a list of parameter groups, dicts with 'params' and 'lr'")
-    found = {}
-    for group in groups:
-        for p in group["params"]:
-            if id(p) in found:
-                raise Wrong("a parameter appears in two groups: give each parameter one lr")
-            found[id(p)] = group["lr"]
+    found = _lr_of_each_parameter(groups)
     named = dict(model.named_parameters())
     frozen = [n for n, p in named.items() if not p.requires_grad and id(p) in found]
     if frozen:
@@ -181,3 +172,17 @@ def layerwise_decay(namespace: dict) -> str:
                 f"({depth} blocks below the head)"
             )
     return "lr·decay^depth for every block, frozen parameters left out"
+
+
+def _lr_of_each_parameter(groups) -> dict[int, float]:
+    if not isinstance(groups, list) or not all(
+        isinstance(g, dict) and "params" in g and "lr" in g for g in groups
+    ):
+        raise Wrong("return a list of parameter groups, dicts with 'params' and 'lr'")
+    found = {}
+    for group in groups:
+        for p in group["params"]:
+            if id(p) in found:
+                raise Wrong("a parameter appears in two groups: give each parameter one lr")
+            found[id(p)] = group["lr"]
+    return found
