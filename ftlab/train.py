@@ -73,6 +73,7 @@ def fit(
         checkpoint.resume(checkpoint_dir, state, verbose=progress)
     log = StepLog(state, progress, num_epochs)
     num_batches = _num_batches(train_dl)  # None for a loader without a length
+    optimizer.zero_grad(set_to_none=True)  # gradients left from earlier use must not leak in
     state.call("on_train_start")
     for epoch in range(state.epoch, num_epochs):
         if state.step >= total_steps or state.stop:
