@@ -22,6 +22,7 @@ import sys
 import tempfile
 import time
 from datetime import datetime, timezone
+from itertools import pairwise
 
 import torch
 import torch.nn.functional as F
@@ -251,15 +252,16 @@ def _path_result(name, work, timer, losses, model, data, device) -> dict:
     steps, warmup, batch_size = work["steps"], work["warmup_steps"], work["batch_size"]
     if len(timer.times) != steps:
         raise RuntimeError(f"{name} ran {len(timer.times)} steps, expected {steps}")
-    warmup_s, steady_s = timer.times[warmup - 1], timer.times[-1] - timer.times[warmup - 1]
-    samples_per_s = (steps - warmup) * batch_size / steady_s
-    projected = warmup_s + (SST2_SAMPLES - warmup * batch_size) / samples_per_s
+    warmup_s, steady_s, slow_steps = steady_window(timer.times, warmup, _loss_every(work))
+    samples_per_s = (steps - warmup - slow_steps) * batch_size / steady_s
+    projected = warmup_s + (SST2_SAMPLES - (warmup + slow_steps) * batch_size) / samples_per_s
     eval_loss, eval_accuracy = bench_data.evaluate(model, data["eval"], device)
     return {
         "samples_per_s": samples_per_s,
         "warmup_s": warmup_s,
         "steady_s": steady_s,
         "total_s": timer.times[-1],
+        "slow_steps_after_warmup": slow_steps,
         "time_to_target_s": _time_to_target(losses, timer.times, work),
         "projected_s": projected if work["task"] == "text" else None,
         "first_loss": losses[0],
@@ -268,6 +270,27 @@ def _path_result(name, work, timer, losses, model, data, device) -> dict:
         "eval_accuracy": eval_accuracy,
         **_peak_memory(device),
     }
+
+
+def steady_window(
+    times: list[float], warmup: int, every: int = 10, slow: float = 5.0
+) -> tuple[float, float, int]:
+    """Split step end times into (warm-up s, steady-state s, slow steps after warm-up).
+
+    A compiled path meets a new bucket's shape whenever a batch of it first comes, often after
+    the warm-up steps; that step then takes seconds of compilation instead of milliseconds.
+    The steps after warm-up are cut into windows of `every` steps (the loss read-back interval:
+    on a GPU the host runs ahead and waits at each read-back, so single steps cannot be
+    compared); a window longer than `slow` times the median window counts as warm-up, its
+    time and its steps leaving the steady-state window, so compilation never inflates the rate.
+    """
+    ends = list(range(warmup - 1, len(times), every))  # window boundaries (step indices)
+    windows = [(times[b] - times[a], b - a) for a, b in pairwise(ends)]
+    median = sorted(w for w, _ in windows)[len(windows) // 2] if windows else 0.0
+    slow_windows = [(s, n) for s, n in windows if s > slow * median]
+    slow_s, slow_steps = sum(s for s, _ in slow_windows), sum(n for _, n in slow_windows)
+    steady_s = times[-1] - times[warmup - 1] - slow_s
+    return times[warmup - 1] + slow_s, steady_s, slow_steps
 
 
 class _Timer:

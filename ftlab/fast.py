@@ -113,14 +113,15 @@ class BucketCollator:
 
     @staticmethod
     def _pad(examples: list[dict], key: str, width: int, value: int) -> torch.Tensor:
-        padded = torch.full((len(examples), width), value, dtype=torch.long)  # (batch, width)
-        for row, example in enumerate(examples):
+        rows = []  # plain lists, padded here, then one tensor: far less host time than per row
+        for example in examples:
             if key in example:
-                values = torch.as_tensor(example[key], dtype=torch.long)
+                values = example[key]  # a list, or a tensor / array from with_format
+                row = values.tolist() if hasattr(values, "tolist") else list(values)
             else:  # attention_mask missing: every real token is attended to
-                values = torch.ones(len(example["input_ids"]), dtype=torch.long)
-            padded[row, : len(values)] = values
-        return padded
+                row = [1] * len(example["input_ids"])
+            rows.append(row + [value] * (width - len(row)))
+        return torch.tensor(rows, dtype=torch.long)  # (batch, width)
 
 
 def compile_model(model: nn.Module, mode: str = "default", *, backend: str = "inductor"):

@@ -15,7 +15,7 @@ TEXT_PATHS = {"plain_fp32", "trainer_default", "ftlab_fit_fast"}
 FIELDS = {
     "samples_per_s", "warmup_s", "steady_s", "total_s", "time_to_target_s", "first_loss",
     "final_loss", "eval_loss", "eval_accuracy", "peak_memory_mb", "peak_memory_kind",
-    "ratio_to_trainer", "ratio_to_plain",
+    "ratio_to_trainer", "ratio_to_plain", "slow_steps_after_warmup",
 }  # fmt: skip
 
 
@@ -79,6 +79,16 @@ def test_time_to_target_is_reached_only_when_the_loss_gets_there():
     times = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]  # windows of 2 steps: the mean of a window counts
     assert bench._time_to_target([0.9, 0.8, 0.5, 0.4, 0.6, 0.6], times, work) == 4.0
     assert bench._time_to_target([0.9, 0.4, 0.7, 0.7, 0.6, 0.6], times, work) is None
+
+
+def test_a_compilation_window_after_warmup_leaves_the_steady_window():
+    # warm-up 2 steps, then windows of 2 steps of 2 s each; the third window compiles for 30 s
+    times = [5.0, 6.0, 7.0, 8.0, 9.0, 10.0, 40.0, 41.0, 42.0, 43.0]
+    warmup_s, steady_s, slow = bench.steady_window(times, warmup=2, every=2)
+    assert (warmup_s, steady_s, slow) == (6.0 + 31.0, 6.0, 2)  # 3 windows of 2 s stay steady
+    # a read-back every 2 steps makes every other step long: not slow, the windows are even
+    synced = [5.0, 6.0, 6.1, 8.0, 8.1, 10.0, 10.1, 12.0]
+    assert bench.steady_window(synced, warmup=2, every=2) == (6.0, 6.0, 0)
 
 
 def test_text_data_is_sst2_shaped_and_labelled_by_its_marker():
