@@ -151,11 +151,13 @@ def device_mismatch_message(model, batch, error: Exception) -> str:
 
 
 def _check_gradients_and_labels(model, batch) -> list[Finding]:
-    from ftlab.train import _forward_for_logits
+    from ftlab.train import _forward_output
 
     with _untouched(model):
-        logits, labels = _forward_for_logits(model, batch)  # (batch, num_labels)
-        logits.float().sum().backward()  # any scalar of the output reaches every used parameter
+        output, labels = _forward_output(model, batch)
+        # Any scalar of the output reaches every used parameter; a model with no logits (a
+        # BertModel whose classifier forward never calls) is checked through all its tensors.
+        sum(tensor.float().sum() for tensor in _output_tensors(output)).backward()
         silent = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
     findings = []
     if silent:
@@ -168,9 +170,23 @@ def _check_gradients_and_labels(model, batch) -> list[Finding]:
                 "or freeze it with requires_grad_(False) if it is meant to be unused",
             )
         )
-    if logits.ndim >= 2:
+    logits = output if torch.is_tensor(output) else getattr(output, "logits", None)
+    if logits is not None and logits.ndim >= 2:  # (batch, num_labels): labels must fit
         findings += filter(None, [label_range_finding(labels, logits.shape[-1])])
     return findings
+
+
+def _output_tensors(output) -> list[torch.Tensor]:
+    """The logits of an output, or else every tensor in it (hidden states, pooled vector)."""
+    if torch.is_tensor(output):
+        return [output]
+    if getattr(output, "logits", None) is not None:
+        return [output.logits]
+    values = output.values() if isinstance(output, Mapping) else output
+    tensors = [value for value in values if torch.is_tensor(value) and value.requires_grad]
+    if not tensors:
+        raise TypeError(f"the model's output ({type(output).__name__}) holds no tensor to check")
+    return tensors
 
 
 def _check_optimizer(model, optimizer) -> list[Finding]:

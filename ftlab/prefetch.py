@@ -63,11 +63,13 @@ def _text_model(name: str, dest: str | None) -> str:
 def _text_dataset(name: str, dest: str | None) -> str:
     from datasets import load_dataset
 
+    from ftlab.data.text import hub_dataset_args
+
     print(f"text data set {name}")
-    dataset = load_dataset(*name.split("/"))
+    dataset = load_dataset(*hub_dataset_args(name))  # "nyu-mll/glue:sst2" -> (path, config)
     if dest is None:
         return name
-    folder = Path(dest) / name.replace("/", "__")
+    folder = Path(dest) / name.replace("/", "__").replace(":", "__")
     dataset.save_to_disk(folder)
     return str(folder)
 

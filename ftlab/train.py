@@ -163,7 +163,7 @@ def compute_loss(model, batch) -> torch.Tensor:
         output = model(**batch)
         if getattr(output, "loss", None) is not None:
             return output.loss
-        return F.cross_entropy(output.logits, batch["labels"])
+        return F.cross_entropy(_logits_of(output), batch["labels"])
     inputs, labels = _unpack(batch)
     logits = model(inputs)  # (batch, num_labels)
     return F.cross_entropy(_logits_of(logits), labels)
@@ -313,16 +313,30 @@ def _unpack(batch):
 
 
 def _logits_of(output) -> torch.Tensor:
-    return output.logits if hasattr(output, "logits") else output  # HF outputs hold .logits
+    if torch.is_tensor(output):
+        return output
+    if getattr(output, "logits", None) is not None:  # Hugging Face outputs hold .logits
+        return output.logits
+    raise TypeError(
+        f"the model returned a {type(output).__name__} with no logits, so there is nothing to "
+        "classify with: its forward never applies a classification head. Return logits from "
+        "forward (e.g. self.classifier(pooled)), or use AutoModelForSequenceClassification"
+    )
 
 
 def _forward_for_logits(model, batch):
+    output, labels = _forward_output(model, batch)
+    return _logits_of(output), labels
+
+
+def _forward_output(model, batch):
+    """Run the model on a batch without its labels; return (raw output, labels or None)."""
     if isinstance(batch, Mapping):
         inputs = {key: value for key, value in batch.items() if key != "labels"}
-        return _logits_of(model(**inputs)), batch.get("labels")
+        return model(**inputs), batch.get("labels")
     if isinstance(batch, (tuple, list)) and len(batch) == 2:
-        return _logits_of(model(batch[0])), batch[1]
-    return _logits_of(model(batch)), None  # unlabelled inputs
+        return model(batch[0]), batch[1]
+    return model(batch), None  # unlabelled inputs
 
 
 def _is_device_mismatch(error: RuntimeError) -> bool:

@@ -51,3 +51,21 @@ def test_prefetch_saves_into_dest_and_prints_the_overrides(capsys, monkeypatch, 
     assert f"export FTLAB_TEXT_MODEL={tmp_path}/bert-base-uncased" in printed
     assert f"export TORCH_HOME={tmp_path}/torch" in printed
     assert fetched == ["resnet18", "oxford_iiit_pet"]
+
+
+def test_prefetch_loads_a_text_data_set_by_the_same_names_as_the_lessons(monkeypatch, tmp_path):
+    import datasets
+
+    calls, saved = [], []
+
+    class Fetched:
+        def save_to_disk(self, folder):
+            saved.append(folder.name)
+
+    monkeypatch.setattr(datasets, "load_dataset", lambda *args: calls.append(args) or Fetched())
+    for name in ("glue/sst2", "nyu-mll/glue/sst2", "nyu-mll/glue:sst2", "imdb"):
+        prefetch._text_dataset(name, str(tmp_path))
+    # an owner/repository path keeps its slash; the config is split off as ftlab.data.text does
+    assert calls == [("glue", "sst2"), ("nyu-mll/glue", "sst2"), ("nyu-mll/glue", "sst2"),
+                     ("imdb", None)]  # fmt: skip
+    assert saved[2] == "nyu-mll__glue__sst2"

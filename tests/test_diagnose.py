@@ -72,6 +72,21 @@ def test_a_head_that_forward_never_calls_gets_no_gradient():
     assert "head.weight, head.bias" in findings[0].message and "forward" in findings[0].fix
 
 
+def test_a_classifier_attached_to_bert_model_that_forward_never_calls():
+    # Lesson 02's mistake: BertModel returns hidden states, not logits; the head sits unused.
+    bert = tiny_bert().bert  # BertModel: its output has no .logits
+    bert.classifier = nn.Linear(bert.config.hidden_size, 2)
+    batch = next(iter(token_loaders()[0]))
+    findings = diagnose(bert, batch=batch, verbose=False)
+    assert checks(findings) == ["no_gradient"]
+    assert "classifier.weight, classifier.bias" in findings[0].message
+    # fit without the check fails at the loss, saying that no classification head ran
+    with pytest.raises(TypeError, match="no logits.*never applies a classification head"):
+        fit(bert, token_loaders()[0], check=False, max_steps=1, **QUIET)
+    # the right model (the head called on the pooled [CLS] vector) reports nothing
+    assert diagnose(tiny_bert(), batch=batch, verbose=False) == []
+
+
 def test_frozen_parameters_inside_the_optimizer():
     model = mlp()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
