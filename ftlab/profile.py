@@ -69,7 +69,7 @@ LESSONS: dict[str, dict[str, tuple[Any, Any]]] = {
         "image_dataset": ("oxford_iiit_pet", "textures"),
         "image_size": (224, 32),
         "seeds": ("0,1,2", "0,1,2"),
-        "text_steps": (300, 10),
+        "text_steps": (300, 20),
         "vision_steps": (200, 6),
         "text_batch_size": (32, 16),
         "vision_batch_size": (64, 32),
