@@ -27,6 +27,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ftlab.batches import batch_size, slice_batch, to_device
+from ftlab.evaluation import forward_output
+
 LR_LIMIT = 1e-3  # above this, fine-tuning a pretrained transformer usually diverges
 HEAD_NAMES = ("classifier", "score", "head", "fc", "lm_head")  # modules that start untrained
 
@@ -67,8 +70,6 @@ def preflight(model, train_dl, optimizer, lr, device, check: bool, callbacks=())
             "train_dl is empty: it yields no batches. Check the data set's length, and that "
             "batch_size is not larger than the data set when drop_last=True"
         ) from None
-    from ftlab.train import to_device
-
     batch = to_device(batch, device)
     labels_finding = label_range_finding(_labels_of(batch), num_labels_of(model))
     if labels_finding:
@@ -126,9 +127,7 @@ def nan_loss_message(step: int, epoch: int, loss: float, lr: float, state) -> st
 
 def out_of_memory_message(state, batch, grad_accum_steps: int) -> str:
     """Explain a CUDA out-of-memory error with the batch size and the fix."""
-    from ftlab.train import _batch_size
-
-    size = _batch_size(batch) // state.batch_splits
+    size = batch_size(batch) // state.batch_splits
     return (
         f"out of GPU memory at a batch of {size} examples (grad_accum_steps={grad_accum_steps}). "
         f"Fix: halve the batch size and double grad_accum_steps (batch {max(1, size // 2)}, "
@@ -151,10 +150,8 @@ def device_mismatch_message(model, batch, error: Exception) -> str:
 
 
 def _check_gradients_and_labels(model, batch) -> list[Finding]:
-    from ftlab.train import _forward_output
-
     with _untouched(model):
-        output, labels = _forward_output(model, batch)
+        output, labels = forward_output(model, batch)
         # Any scalar of the output reaches every used parameter; a model with no logits (a
         # BertModel whose classifier forward never calls) is checked through all its tensors.
         sum(tensor.float().sum() for tensor in _output_tensors(output)).backward()
@@ -300,9 +297,7 @@ def _labels_of(batch):
 
 
 def _first_rows(batch, rows: int = 8):
-    from ftlab.train import _batch_size, _slice
-
-    return _slice(batch, 0, min(rows, _batch_size(batch)))
+    return slice_batch(batch, 0, min(rows, batch_size(batch)))
 
 
 def _some(names: list[str], shown: int = 3) -> str:

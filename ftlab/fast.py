@@ -13,6 +13,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from ftlab.batches import to_device  # noqa: F401 (lesson 02's, non-blocking: pinned batches overlap)
+
 BUCKET_MULTIPLE = 32  # pad lengths up to a multiple of this: few shapes, little waste
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
@@ -172,26 +174,13 @@ class ImageNormalize(nn.Module):
 def loader_kwargs(device: torch.device | str, num_workers: int = 0) -> dict:
     """Return DataLoader keywords: pinned memory on CUDA, so copies can overlap compute.
 
-    Taught in lesson 06. Use with `to_device(batch, device)`, which copies non-blocking.
+    Taught in lesson 06. Use with `to_device(batch, device)` (lesson 02), which copies
+    non-blocking.
     """
     kwargs = {"pin_memory": torch.device(device).type == "cuda", "num_workers": num_workers}
     if num_workers > 0:
         kwargs["persistent_workers"] = True  # keep workers alive between epochs
     return kwargs
-
-
-def to_device(batch, device: torch.device | str):
-    """Move a batch (tensor, dict, tuple or list of them) to `device`, non-blocking.
-
-    Taught in lesson 06. From pinned memory the copy runs while the GPU is still busy.
-    """
-    if isinstance(batch, torch.Tensor):
-        return batch.to(device, non_blocking=True)
-    if isinstance(batch, dict):
-        return {key: to_device(value, device) for key, value in batch.items()}
-    if isinstance(batch, (tuple, list)):
-        return type(batch)(to_device(value, device) for value in batch)
-    return batch
 
 
 def adamw_kwargs(device: torch.device | str) -> dict:

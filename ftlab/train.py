@@ -12,18 +12,19 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from ftlab import checkpoint, distributed, fast
+from ftlab.batches import batch_size, split_batch, to_device, unpack
 from ftlab.callbacks import History, StepLog, TrainState, as_early_stopping
 from ftlab.diagnose import device_mismatch_message, out_of_memory_message, preflight
 from ftlab.env import pick_device, pick_precision, seed_everything
-from ftlab.metrics import get_metric
+from ftlab.evaluation import AUTOCAST_DTYPES, evaluate, logits_of, predict
 
 __all__ = ["History", "fit", "evaluate", "predict", "compute_loss", "optimizer_step"]
-AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
 def fit(
@@ -54,64 +55,105 @@ def fit(
     progress = progress and distributed.is_main_process()
     if seed is not None:
         seed_everything(seed)
-    lr_used = lr if optimizer is None else None
-    preflight(model, train_dl, optimizer, lr_used, device, check, callbacks)
+    preflight(
+        model, train_dl, optimizer, lr if optimizer is None else None, device, check, callbacks
+    )
     optimizer = optimizer or default_optimizer(model, lr, weight_decay, device)
     # Launched on several processes: a DDP model and sharded loaders; one process: unchanged.
     model, train_dl, val_dl = distributed.prepare(model, train_dl, val_dl, device)
     if compile:
         model = fast.compile_model(model, compile)
     total_steps = _total_steps(train_dl, num_epochs, grad_accum_steps, max_steps)
-    precision = pick_precision(device, precision)
-    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    loop = Loop(total_steps, grad_accum_steps, max_grad_norm, metrics, checkpoint_dir,
+                checkpoint_every, keep_last)  # fmt: skip
     callbacks = [*callbacks, *filter(None, [as_early_stopping(early_stopping)])]
-    schedule = make_scheduler(optimizer, scheduler, total_steps, warmup_ratio)
-    data_seed = seed if seed is not None else int(torch.randint(2**31, ()))
-    state = TrainState(model, optimizer, schedule, scaler, History(), device, precision, callbacks)
-    state.oom_retry, state.data_seed = oom_retry, data_seed
+    state = _new_state(model, optimizer, device, precision, callbacks, seed, oom_retry)
+    state.scheduler = make_scheduler(optimizer, scheduler, total_steps, warmup_ratio)
     if checkpoint_dir and resume:
         checkpoint.resume(checkpoint_dir, state, verbose=progress)
     log = StepLog(state, progress, num_epochs)
-    num_batches = _num_batches(train_dl)  # None for a loader without a length
     optimizer.zero_grad(set_to_none=True)  # gradients left from earlier use must not leak in
     state.call("on_train_start")
     for epoch in range(state.epoch, num_epochs):
         if state.step >= total_steps or state.stop:
             break
         state.epoch, started = epoch, time.perf_counter()
-        model.train()
-        state.call("on_epoch_start")
-        batches = checkpoint.epoch_batches(train_dl, state)  # seeded order, resumable
-        for step, batch in enumerate(log.progress(batches, num_batches), state.batch_in_epoch):
-            batch = to_device(batch, device)
-            sync = (step + 1) % grad_accum_steps == 0 or step + 1 == num_batches
-            with distributed.sync_gradients(model, sync):  # several processes: average gradients
-                loss = forward_backward(state, batch, grad_accum_steps)  # autocast, loss, backward
-            log.add_batch(loss, _batch_size(batch))
-            if sync:
-                optimizer_step(optimizer, scaler, max_grad_norm)
-                state.scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                state.step, state.batch_in_epoch = state.step + 1, step + 1
-                log.end_step()
-                state.call("on_step_end")
-                if checkpoint_dir and checkpoint_every and state.step % checkpoint_every == 0:
-                    log.flush()
-                    checkpoint.save(checkpoint_dir, state, keep_last)
-                if state.step >= total_steps or state.stop:
-                    break
-        log.flush()
-        val_model = distributed.unwrap(model)  # evaluated without the DDP and compile wrappers
-        val_results = evaluate(val_model, val_dl, metrics, device, precision) if val_dl else None
-        seconds = time.perf_counter() - started
-        state.history.end_epoch(epoch, log.epoch_loss(epoch), val_results, seconds)
-        state.batch_in_epoch = 0
-        state.call("on_epoch_end")
-        log.end_epoch()
-        if checkpoint_dir:
-            checkpoint.save(checkpoint_dir, state, keep_last, epoch_done=True)
+        train_epoch(state, train_dl, log, loop)
+        end_epoch(state, val_dl, log, loop, seconds=time.perf_counter() - started)
     state.call("on_train_end")
     return state.history
+
+
+@dataclass
+class Loop:
+    """What `fit` was asked to do, beside the model and the data: read by the epoch's loop."""
+
+    total_steps: int
+    grad_accum_steps: int = 1
+    max_grad_norm: float | None = 1.0
+    metrics: tuple = ("accuracy",)
+    checkpoint_dir: str | None = None
+    checkpoint_every: int | None = None
+    keep_last: int = 2
+
+
+def train_epoch(state: TrainState, train_dl, log: StepLog, loop: Loop) -> None:
+    """One pass over `train_dl`: lesson 02's loop — forward, loss, backward, step, zero_grad.
+
+    With gradient accumulation the optimizer steps every `grad_accum_steps` batches; the pass
+    ends early at `loop.total_steps` or when a callback sets `state.stop`.
+    """
+    model, optimizer = state.model, state.optimizer
+    model.train()
+    state.call("on_epoch_start")
+    num_batches = _num_batches(train_dl)  # None for a loader without a length
+    batches = checkpoint.epoch_batches(train_dl, state)  # seeded order, resumable
+    for step, batch in enumerate(log.progress(batches, num_batches), state.batch_in_epoch):
+        batch = to_device(batch, state.device)
+        sync = (step + 1) % loop.grad_accum_steps == 0 or step + 1 == num_batches
+        with distributed.sync_gradients(model, sync):  # several processes: average gradients
+            loss = forward_backward(state, batch, loop.grad_accum_steps)  # autocast, backward
+        log.add_batch(loss, batch_size(batch))
+        if sync:
+            optimizer_step(optimizer, state.scaler, loop.max_grad_norm)
+            state.scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            state.step, state.batch_in_epoch = state.step + 1, step + 1
+            _after_step(state, log, loop)
+            if state.step >= loop.total_steps or state.stop:
+                break
+    log.flush()
+
+
+def end_epoch(state: TrainState, val_dl, log: StepLog, loop: Loop, seconds: float) -> None:
+    """Evaluate on `val_dl`, record the epoch in the history, call callbacks, checkpoint."""
+    val_model = distributed.unwrap(state.model)  # evaluated without the DDP and compile wrappers
+    val_results = None
+    if val_dl is not None:
+        val_results = evaluate(val_model, val_dl, loop.metrics, state.device, state.precision)
+    state.history.end_epoch(state.epoch, log.epoch_loss(state.epoch), val_results, seconds)
+    state.batch_in_epoch = 0
+    state.call("on_epoch_end")
+    log.end_epoch()
+    if loop.checkpoint_dir:
+        checkpoint.save(loop.checkpoint_dir, state, loop.keep_last, epoch_done=True)
+
+
+def _after_step(state: TrainState, log: StepLog, loop: Loop) -> None:
+    log.end_step()
+    state.call("on_step_end")
+    if loop.checkpoint_dir and loop.checkpoint_every and state.step % loop.checkpoint_every == 0:
+        log.flush()
+        checkpoint.save(loop.checkpoint_dir, state, loop.keep_last)
+
+
+def _new_state(model, optimizer, device, precision, callbacks, seed, oom_retry) -> TrainState:
+    precision = pick_precision(device, precision)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    state = TrainState(model, optimizer, None, scaler, History(), device, precision, callbacks)
+    state.oom_retry = oom_retry
+    state.data_seed = seed if seed is not None else int(torch.randint(2**31, ()))
+    return state
 
 
 def forward_backward(state: TrainState, batch, grad_accum_steps: int) -> torch.Tensor:
@@ -127,7 +169,7 @@ def forward_backward(state: TrainState, batch, grad_accum_steps: int) -> torch.T
             return _backward_in_chunks(state, batch, grad_accum_steps)
         except torch.OutOfMemoryError as error:
             message = out_of_memory_message(state, batch, grad_accum_steps)
-            if not (fresh and _batch_size(batch) > state.batch_splits):
+            if not (fresh and batch_size(batch) > state.batch_splits):
                 raise torch.OutOfMemoryError(message) from error
         except RuntimeError as error:
             if not _is_device_mismatch(error):
@@ -163,10 +205,10 @@ def compute_loss(model, batch) -> torch.Tensor:
         output = model(**batch)
         if getattr(output, "loss", None) is not None:
             return output.loss
-        return F.cross_entropy(_logits_of(output), batch["labels"])
-    inputs, labels = _unpack(batch)
+        return F.cross_entropy(logits_of(output), batch["labels"])
+    inputs, labels = unpack(batch)
     logits = model(inputs)  # (batch, num_labels)
-    return F.cross_entropy(_logits_of(logits), labels)
+    return F.cross_entropy(logits_of(logits), labels)
 
 
 def optimizer_step(optimizer, scaler, max_grad_norm: float | None) -> None:
@@ -223,130 +265,9 @@ def make_scheduler(optimizer, name: str | None, total_steps: int, warmup_ratio: 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def evaluate(model, dl, metrics=("accuracy",), device=None, precision="auto") -> dict:
-    """Return {"loss": mean cross-entropy, "accuracy": ..., ...} of `model` on `dl`.
-
-    Runs in eval mode without gradients and puts the model back in its previous mode.
-    Taught in lesson 02.
-    """
-    logits, labels = predict(model, dl, device, precision)
-    if labels is None:
-        raise ValueError("evaluate needs labels in the batches; use predict for unlabelled data")
-    results = {"loss": F.cross_entropy(logits, labels).item()}
-    for metric in metrics:
-        name, function = get_metric(metric)
-        results[name] = function(logits, labels)
-    return results
-
-
-@torch.no_grad()
-def predict(model, dl, device=None, precision="auto") -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Return (logits (n, num_labels) float32 on the CPU, labels (n,) or None).
-
-    Taught in lesson 02.
-    """
-    device = torch.device(device) if device is not None else _device_of(model)
-    precision = pick_precision(device, precision)
-    was_training = model.training
-    model.eval()
-    all_logits, all_labels = [], []
-    try:
-        for batch in dl:
-            batch = to_device(batch, device)
-            with torch.autocast(device.type, AUTOCAST_DTYPES[precision], precision != "fp32"):
-                logits, labels = _forward_for_logits(model, batch)
-            logits, labels = distributed.gather(dl, logits, labels)  # sharded: every process's rows
-            all_logits.append(logits.float())  # stays on the device: one copy at the end
-            if labels is not None:
-                all_labels.append(labels)
-    finally:
-        model.train(was_training)
-    if not all_logits:
-        raise ValueError("the data loader is empty: nothing to predict or evaluate")
-    labels = torch.cat(all_labels).cpu() if all_labels else None
-    return torch.cat(all_logits).cpu(), labels
-
-
-def to_device(batch, device):
-    """Move every tensor of a batch (dict, tuple or list) to `device`. Taught in lesson 02."""
-    if isinstance(batch, Mapping):
-        return {key: to_device(value, device) for key, value in batch.items()}
-    if isinstance(batch, (tuple, list)):
-        return type(batch)(to_device(value, device) for value in batch)
-    if torch.is_tensor(batch):
-        return batch.to(device, non_blocking=True)
-    return batch
-
-
-def split_batch(batch, parts: int):
-    """Yield (chunk, weight) pairs: `parts` slices along the batch axis, weight = share of rows."""
-    size = _batch_size(batch)
-    if parts == 1:
-        yield batch, 1.0
-        return
-    for start in range(0, size, math.ceil(size / parts)):
-        stop = min(size, start + math.ceil(size / parts))
-        yield _slice(batch, start, stop), (stop - start) / size
-
-
-def _slice(batch, start: int, stop: int):
-    if isinstance(batch, Mapping):
-        return {key: _slice(value, start, stop) for key, value in batch.items()}
-    if isinstance(batch, (tuple, list)):
-        return type(batch)(_slice(value, start, stop) for value in batch)
-    return batch[start:stop] if torch.is_tensor(batch) else batch
-
-
-def _batch_size(batch) -> int:
-    if isinstance(batch, Mapping):
-        return len(batch["labels"]) if "labels" in batch else len(next(iter(batch.values())))
-    return len(_unpack(batch)[1])
-
-
-def _unpack(batch):
-    if not isinstance(batch, (tuple, list)) or len(batch) != 2:
-        raise TypeError(
-            f"expected a batch as a dict with 'labels' or an (inputs, labels) pair, got "
-            f"{type(batch).__name__}; return (x, y) from the dataset or use a dict collate_fn"
-        )
-    return batch
-
-
-def _logits_of(output) -> torch.Tensor:
-    if torch.is_tensor(output):
-        return output
-    if getattr(output, "logits", None) is not None:  # Hugging Face outputs hold .logits
-        return output.logits
-    raise TypeError(
-        f"the model returned a {type(output).__name__} with no logits, so there is nothing to "
-        "classify with: its forward never applies a classification head. Return logits from "
-        "forward (e.g. self.classifier(pooled)), or use AutoModelForSequenceClassification"
-    )
-
-
-def _forward_for_logits(model, batch):
-    output, labels = _forward_output(model, batch)
-    return _logits_of(output), labels
-
-
-def _forward_output(model, batch):
-    """Run the model on a batch without its labels; return (raw output, labels or None)."""
-    if isinstance(batch, Mapping):
-        inputs = {key: value for key, value in batch.items() if key != "labels"}
-        return model(**inputs), batch.get("labels")
-    if isinstance(batch, (tuple, list)) and len(batch) == 2:
-        return model(batch[0]), batch[1]
-    return model(batch), None  # unlabelled inputs
-
-
 def _is_device_mismatch(error: RuntimeError) -> bool:
     text = str(error)
     return "same device" in text or "expected device" in text
-
-
-def _device_of(model) -> torch.device:
-    first = next(model.parameters(), None)
-    return first.device if first is not None else torch.device("cpu")
 
 
 def _num_batches(train_dl) -> int | None:
