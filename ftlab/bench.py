@@ -19,16 +19,13 @@ import os
 import platform
 import resource
 import sys
-import tempfile
 import time
 from datetime import datetime, timezone
 from itertools import pairwise
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 
-from ftlab import bench_data, fast
+from ftlab import bench_data, bench_paths, fast
 
 SST2_SAMPLES = 200_000  # ≈ 3 epochs of SST-2's 67k sentences: the end-to-end run projected
 SIZES = {  # per size: text and vision work, the same for every path
@@ -139,12 +136,12 @@ def summary(results: dict) -> str:
 
 def _run_task(work: dict, device: torch.device, compile_mode: str | None) -> dict:
     data = bench_data.text_data(work) if work["task"] == "text" else bench_data.vision_data(work)
-    paths = {"plain_fp32": _plain_loop, "trainer_default": _trainer}
+    paths = {"plain_fp32": bench_paths.plain_loop, "trainer_default": bench_paths.trainer}
     if device.type == "cuda":
-        paths["trainer_" + _mixed_precision(device)] = _trainer
-    paths["ftlab_fit_fast"] = _fit_fast
+        paths["trainer_" + _mixed_precision(device)] = bench_paths.trainer
+    paths["ftlab_fit_fast"] = bench_paths.fit_fast
     if compile_mode:
-        paths[f"ftlab_fit_fast_compiled_{compile_mode}"] = _fit_fast
+        paths[f"ftlab_fit_fast_compiled_{compile_mode}"] = bench_paths.fit_fast
     results = {}
     for name, run in paths.items():
         model = bench_data.build_model(work, device)
@@ -172,87 +169,13 @@ def _run_task(work: dict, device: torch.device, compile_mode: str | None) -> dic
     return {"config": config, "paths": results, "skipped": _skipped(device, compile_mode)}
 
 
-def _plain_loop(name, model, data, work, device, timer, compile_mode) -> list[float]:
-    """The loop of lesson 02: fp32, batches padded to max_length, loss.item() every step."""
-    train_dl = torch.utils.data.DataLoader(
-        data["plain"], batch_size=work["batch_size"], shuffle=True, collate_fn=data["collate"],
-        generator=torch.Generator().manual_seed(work["seed"]), drop_last=True,
-    )  # fmt: skip
-    optimizer = torch.optim.AdamW(model.parameters(), lr=work["lr"], weight_decay=0.0)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _linear_decay(work["steps"]))
-    losses = []
-    model.train()
-    for batch in train_dl:
-        loss = _compute_loss(model, _move(batch, device))
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad()
-        losses.append(loss.item())
-        timer.step_end()
-        if len(losses) == work["steps"]:
-            break
-    return losses
-
-
-def _trainer(name, model, data, work, device, timer, compile_mode) -> list[float]:
-    """Hugging Face Trainer with default arguments (bf16/fp16 for the mixed-precision path)."""
-    from transformers import Trainer, TrainerCallback, TrainingArguments
-    from transformers.trainer_callback import PrinterCallback
-
-    class Timing(TrainerCallback):
-        def on_step_end(self, args, state, control, **kwargs):
-            timer.step_end()
-
-    mixed = name.removeprefix("trainer_")
-    with tempfile.TemporaryDirectory() as output_dir:
-        args = TrainingArguments(
-            output_dir=output_dir, per_device_train_batch_size=work["batch_size"],
-            max_steps=work["steps"], learning_rate=work["lr"], eval_strategy="no",
-            report_to="none", logging_steps=_loss_every(work), disable_tqdm=True,
-            save_strategy="no", seed=work["seed"], use_cpu=device.type == "cpu",
-            bf16=mixed == "bf16", fp16=mixed == "fp16",
-        )  # fmt: skip
-        trainer_model = model if work["task"] == "text" else bench_data.LossForTrainer(model)
-        trainer = Trainer(
-            model=trainer_model, args=args, train_dataset=data["trainer"],
-            processing_class=data.get("tokenizer"), callbacks=[Timing()],
-        )  # fmt: skip
-        trainer.remove_callback(PrinterCallback)  # no log dict printed every logging step
-        trainer.train()
-    logged = [row["loss"] for row in trainer.state.log_history if "loss" in row]
-    return [loss for loss in logged for _ in range(_loss_every(work))]
-
-
-def _fit_fast(name, model, data, work, device, timer, compile_mode) -> list[float]:
-    """ftlab.fit with the fast path: grouped, bucketed batches; compiled if the name says so."""
-    from ftlab.train import fit
-
-    class Timing:
-        def on_step_end(self, state):
-            timer.step_end()
-
-    train_dl = torch.utils.data.DataLoader(
-        data["fast"], batch_sampler=data["fast_sampler"](), collate_fn=data["fast_collate"],
-        **fast.loader_kwargs(device),
-    )  # fmt: skip
-    cuda, vision = device.type == "cuda", work["task"] == "vision"
-    if vision:  # uint8 batches in (a quarter of the bytes), normalized on the device
-        model = nn.Sequential(fast.ImageNormalize(*bench_data.IMAGENET, channels_last=cuda), model)
-    history = fit(
-        model, train_dl, lr=work["lr"], max_steps=work["steps"], weight_decay=0.0,
-        scheduler="linear", precision="auto", device=device, progress=False, check=False,
-        callbacks=[Timing()], seed=work["seed"], channels_last=vision and cuda,
-        compile=compile_mode if "compiled" in name else None,
-    )  # fmt: skip
-    return history.step_losses
-
-
 def _path_result(name, work, timer, losses, model, data, device) -> dict:
     steps, warmup, batch_size = work["steps"], work["warmup_steps"], work["batch_size"]
     if len(timer.times) != steps:
         raise RuntimeError(f"{name} ran {len(timer.times)} steps, expected {steps}")
-    warmup_s, steady_s, slow_steps = steady_window(timer.times, warmup, _loss_every(work))
+    warmup_s, steady_s, slow_steps = steady_window(
+        timer.times, warmup, bench_paths.loss_every(work)
+    )
     samples_per_s = (steps - warmup - slow_steps) * batch_size / steady_s
     projected = warmup_s + (SST2_SAMPLES - (warmup + slow_steps) * batch_size) / samples_per_s
     eval_loss, eval_accuracy = bench_data.evaluate(model, data["eval"], device)
@@ -265,7 +188,7 @@ def _path_result(name, work, timer, losses, model, data, device) -> dict:
         "time_to_target_s": _time_to_target(losses, timer.times, work),
         "projected_s": projected if work["task"] == "text" else None,
         "first_loss": losses[0],
-        "final_loss": sum(losses[-_loss_every(work) :]) / _loss_every(work),
+        "final_loss": sum(losses[-bench_paths.loss_every(work) :]) / bench_paths.loss_every(work),
         "eval_loss": eval_loss,
         "eval_accuracy": eval_accuracy,
         **_peak_memory(device),
@@ -313,34 +236,13 @@ class _Timer:
         self.times[-1] = time.perf_counter() - self.started
 
 
-def _compute_loss(model: nn.Module, batch) -> torch.Tensor:
-    if isinstance(batch, dict):  # Hugging Face model: the loss comes with the output
-        return model(**batch).loss
-    images, labels = batch
-    return F.cross_entropy(model(images), labels)  # logits: (batch, num_classes)
-
-
-def _move(batch, device: torch.device):
-    if isinstance(batch, dict):
-        return {key: value.to(device) for key, value in batch.items()}
-    return [value.to(device) for value in batch]
-
-
 def _time_to_target(losses: list[float], times: list[float], work: dict) -> float | None:
     """Seconds until the mean loss over a logging window first reaches the target, or None."""
-    every = _loss_every(work)
+    every = bench_paths.loss_every(work)
     for end in range(every, len(losses) + 1, every):
         if sum(losses[end - every : end]) / every <= work["target_loss"]:
             return times[end - 1]
     return None
-
-
-def _loss_every(work: dict) -> int:
-    return min(10, max(1, work["steps"] // 3))  # Trainer's logging_steps; ftlab.fit's LOG_EVERY
-
-
-def _linear_decay(steps: int):
-    return lambda step: max(0.0, 1 - step / steps)
 
 
 def _mixed_precision(device: torch.device) -> str:

@@ -1,0 +1,113 @@
+"""The three loops `ftlab bench` times on the same work. Taught in lesson 06.
+
+Each takes (name, model, data, work, device, timer, compile_mode), calls `timer.step_end()`
+after every optimizer step and returns the per-step training losses.
+"""
+
+from __future__ import annotations
+
+import tempfile
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ftlab import bench_data, fast
+
+
+def plain_loop(name, model, data, work, device, timer, compile_mode) -> list[float]:
+    """The loop of lesson 02: fp32, batches padded to max_length, loss.item() every step."""
+    train_dl = torch.utils.data.DataLoader(
+        data["plain"], batch_size=work["batch_size"], shuffle=True, collate_fn=data["collate"],
+        generator=torch.Generator().manual_seed(work["seed"]), drop_last=True,
+    )  # fmt: skip
+    optimizer = torch.optim.AdamW(model.parameters(), lr=work["lr"], weight_decay=0.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _linear_decay(work["steps"]))
+    losses = []
+    model.train()
+    for batch in train_dl:
+        loss = _compute_loss(model, _move(batch, device))
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+        timer.step_end()
+        if len(losses) == work["steps"]:
+            break
+    return losses
+
+
+def trainer(name, model, data, work, device, timer, compile_mode) -> list[float]:
+    """Hugging Face Trainer with default arguments (bf16/fp16 for the mixed-precision path)."""
+    from transformers import Trainer, TrainerCallback, TrainingArguments
+    from transformers.trainer_callback import PrinterCallback
+
+    class Timing(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            timer.step_end()
+
+    mixed = name.removeprefix("trainer_")
+    with tempfile.TemporaryDirectory() as output_dir:
+        args = TrainingArguments(
+            output_dir=output_dir, per_device_train_batch_size=work["batch_size"],
+            max_steps=work["steps"], learning_rate=work["lr"], eval_strategy="no",
+            report_to="none", logging_steps=loss_every(work), disable_tqdm=True,
+            save_strategy="no", seed=work["seed"], use_cpu=device.type == "cpu",
+            bf16=mixed == "bf16", fp16=mixed == "fp16",
+        )  # fmt: skip
+        trainer_model = model if work["task"] == "text" else bench_data.LossForTrainer(model)
+        trainer = Trainer(
+            model=trainer_model, args=args, train_dataset=data["trainer"],
+            processing_class=data.get("tokenizer"), callbacks=[Timing()],
+        )  # fmt: skip
+        trainer.remove_callback(PrinterCallback)  # no log dict printed every logging step
+        trainer.train()
+    logged = [row["loss"] for row in trainer.state.log_history if "loss" in row]
+    return [loss for loss in logged for _ in range(loss_every(work))]
+
+
+def fit_fast(name, model, data, work, device, timer, compile_mode) -> list[float]:
+    """ftlab.fit with the fast path: grouped, bucketed batches; compiled if the name says so."""
+    from ftlab.train import fit
+
+    class Timing:
+        def on_step_end(self, state):
+            timer.step_end()
+
+    train_dl = torch.utils.data.DataLoader(
+        data["fast"], batch_sampler=data["fast_sampler"](), collate_fn=data["fast_collate"],
+        **fast.loader_kwargs(device),
+    )  # fmt: skip
+    cuda, vision = device.type == "cuda", work["task"] == "vision"
+    if vision:  # uint8 batches in (a quarter of the bytes), normalized on the device
+        model = nn.Sequential(fast.ImageNormalize(*bench_data.IMAGENET, channels_last=cuda), model)
+    history = fit(
+        model, train_dl, lr=work["lr"], max_steps=work["steps"], weight_decay=0.0,
+        scheduler="linear", precision="auto", device=device, progress=False, check=False,
+        callbacks=[Timing()], seed=work["seed"], channels_last=vision and cuda,
+        compile=compile_mode if "compiled" in name else None,
+    )  # fmt: skip
+    return history.step_losses
+
+
+def _compute_loss(model: nn.Module, batch) -> torch.Tensor:
+    if isinstance(batch, dict):  # Hugging Face model: the loss comes with the output
+        return model(**batch).loss
+    images, labels = batch
+    return F.cross_entropy(model(images), labels)  # logits: (batch, num_classes)
+
+
+def _move(batch, device: torch.device):
+    if isinstance(batch, dict):
+        return {key: value.to(device) for key, value in batch.items()}
+    return [value.to(device) for value in batch]
+
+
+def loss_every(work: dict) -> int:
+    """Steps per loss read-back: Trainer's logging_steps and ftlab.fit's LOG_EVERY."""
+    return min(10, max(1, work["steps"] // 3))
+
+
+def _linear_decay(steps: int):
+    return lambda step: max(0.0, 1 - step / steps)
