@@ -80,11 +80,13 @@ def forward_output(model, batch):
 
 
 def logits_of(output) -> torch.Tensor:
-    """The logits of a model's output: the tensor itself, or a Hugging Face output's .logits."""
+    """The logits of a model's output: the tensor itself, `.logits`, or a dict's "logits"."""
     if torch.is_tensor(output):
         return output
-    if getattr(output, "logits", None) is not None:  # Hugging Face outputs hold .logits
-        return output.logits
+    logits = output.get("logits") if isinstance(output, Mapping) else None
+    logits = logits if logits is not None else getattr(output, "logits", None)
+    if logits is not None:  # Hugging Face outputs hold .logits (and are Mappings too)
+        return logits
     raise TypeError(
         f"the model returned a {type(output).__name__} with no logits, so there is nothing to "
         "classify with: its forward never applies a classification head. Return logits from "

@@ -203,8 +203,9 @@ def compute_loss(model, batch) -> torch.Tensor:
                 f"a dict batch needs a 'labels' key to compute a loss; got {list(batch)}"
             )
         output = model(**batch)
-        if getattr(output, "loss", None) is not None:
-            return output.loss
+        loss = output.get("loss") if isinstance(output, Mapping) else getattr(output, "loss", None)
+        if loss is not None:  # Hugging Face outputs hold .loss when the batch has labels
+            return loss
         return F.cross_entropy(logits_of(output), batch["labels"])
     inputs, labels = unpack(batch)
     logits = model(inputs)  # (batch, num_labels)

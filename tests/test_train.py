@@ -104,6 +104,30 @@ def test_fit_trains_a_hugging_face_model_on_dict_batches():
     assert set(history.epochs[0]) >= {"val_loss", "val_accuracy"}
 
 
+class DictOutput(nn.Module):
+    """A hand-written model that returns its output in a plain dict under `key`."""
+
+    def __init__(self, key="logits"):
+        super().__init__()
+        self.net, self.key = mlp(), key
+
+    def forward(self, inputs):
+        return {self.key: self.net(inputs)}
+
+
+def test_a_model_returning_a_dict_of_logits_trains_and_evaluates():
+    train_dl, val_dl = loaders()
+    model = DictOutput()
+    history = fit(model, train_dl, val_dl, lr=1e-2, num_epochs=3, seed=0, **QUIET)
+    # the same network returning a bare tensor trains to the same weights
+    reference = fit(mlp(), train_dl, val_dl, lr=1e-2, num_epochs=3, seed=0, **QUIET)
+    assert history.values("val_accuracy") == reference.values("val_accuracy")
+    assert history.values("val_accuracy")[-1] > 0.8
+    assert evaluate(model, val_dl)["accuracy"] == history.epochs[-1]["val_accuracy"]
+    with pytest.raises(TypeError, match="returned a dict with no logits"):
+        fit(DictOutput(key="hidden"), train_dl, check=False, max_steps=1, **QUIET)
+
+
 def test_default_optimizer_skips_frozen_parameters_and_decay_of_biases_and_norms():
     model = tiny_bert()
     model.bert.embeddings.requires_grad_(False)
