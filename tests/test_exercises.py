@@ -368,6 +368,7 @@ WRONG_ANSWERS = {
             "7 parameters (bert.embeddings.LayerNorm.bias,",
         ),
         ("04.q2", "predicted_frozen_accuracy = ...", "`predicted_frozen_accuracy` is still `...`"),
+        ("04.q2", "predicted_frozen_accuracy = 80", "an accuracy is between 0 and 1"),
         ("04.q2", "gap = frozen_accuracy - full_accuracy", "gap should be full_accuracy"),
         (
             "04.q3",

@@ -66,9 +66,7 @@ def head_only(namespace: dict) -> str:
 
 @question("04.q2", points=1)
 def frozen_prediction_recorded(namespace: dict) -> str:
-    predicted = answer(namespace, "predicted_frozen_accuracy", "number")
-    if not 0 <= predicted <= 1:
-        raise Wrong(f"an accuracy is between 0 and 1; predicted_frozen_accuracy is {predicted:g}")
+    predicted = answer(namespace, "predicted_frozen_accuracy", "accuracy")
     return f"you predicted {predicted:g}"
 
 

@@ -22,7 +22,10 @@ _LIBRARY_MARKERS = ("site-packages", "dist-packages", "/lib/python", str(Path(__
 
 
 def answer(namespace: dict, name: str, kind: str = "any") -> Any:
-    """Return the student's `name`; kind is "any", "function", "class" or "number"."""
+    """Return the student's `name`; kind is "any", "function", "class", "number" or "accuracy".
+
+    An "accuracy" is a number between 0 and 1.
+    """
     if name not in namespace:
         raise Unanswered(
             f"`{name}` is not defined: run the cell that defines it "
@@ -35,8 +38,10 @@ def answer(namespace: dict, name: str, kind: str = "any") -> Any:
         raise Wrong(f"`{name}` should be a function, but it is a {type(value).__name__}")
     if kind == "class" and not isinstance(value, type):
         raise Wrong(f"`{name}` should be a class, but it is a {type(value).__name__}")
-    if kind == "number":
+    if kind in ("number", "accuracy"):
         value = as_number(value, f"`{name}`")
+    if kind == "accuracy" and not 0 <= value <= 1:
+        raise Wrong(f"an accuracy is between 0 and 1; {name} is {value:g}")
     return value
 
 
