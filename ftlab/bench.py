@@ -117,20 +117,37 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def recorded() -> dict[str, dict]:
+    """Return the benchmark results shipped with ftlab (`ftlab/benchmarks/*.json`), by file stem.
+
+    Taught in lesson 06: GPU figures measured for the course, to read on any machine.
+    """
+    from importlib.resources import files
+
+    folder = files("ftlab") / "benchmarks"
+    return {
+        entry.name.removesuffix(".json"): json.loads(entry.read_text())
+        for entry in sorted(folder.iterdir(), key=lambda entry: entry.name)
+        if entry.name.endswith(".json")
+    }
+
+
 def summary(results: dict) -> str:
     """Return the results as a text table: one row per path. Taught in lesson 06."""
     lines = [f"ftlab bench on {results['machine']['device_name']} ({results['size']} sizes)"]
-    header = f"{'task':<7}{'path':<30}{'samples/s':>10}{'x Trainer':>10}{'warm-up s':>10}"
+    rows = [(task, name, path) for task in ("text", "vision")
+            for name, path in results.get(task, {}).get("paths", {}).items()]  # fmt: skip
+    width = max([len(name) + 2 for _, name, _ in rows] + [30])
+    header = f"{'task':<7}{'path':<{width}}{'samples/s':>10}{'x Trainer':>10}{'warm-up s':>10}"
     lines.append(header + f"{'to target s':>12}{'peak MB':>9}{'eval acc':>9}")
-    for task in ("text", "vision"):
-        for name, path in results.get(task, {}).get("paths", {}).items():
-            target = path["time_to_target_s"]
-            lines.append(
-                f"{task:<7}{name:<30}{path['samples_per_s']:>10.1f}"
-                f"{path['ratio_to_trainer']:>10.2f}{path['warmup_s']:>10.1f}"
-                f"{'not reached' if target is None else f'{target:.1f}':>12}"
-                f"{path['peak_memory_mb']:>9.0f}{path['eval_accuracy']:>9.3f}"
-            )
+    for task, name, path in rows:
+        target = path["time_to_target_s"]
+        lines.append(
+            f"{task:<7}{name:<{width}}{path['samples_per_s']:>10.1f}"
+            f"{path['ratio_to_trainer']:>10.2f}{path['warmup_s']:>10.1f}"
+            f"{'not reached' if target is None else f'{target:.1f}':>12}"
+            f"{path['peak_memory_mb']:>9.0f}{path['eval_accuracy']:>9.3f}"
+        )
     return "\n".join(lines)
 
 

@@ -125,3 +125,18 @@ def test_vision_paths_read_the_same_images():
     assert image.dtype == torch.uint8 and label == same_label
     normalize = fast.ImageNormalize(*bench_data.IMAGENET)
     assert torch.allclose(normalize(image[None])[0], floats)
+
+
+def test_the_recorded_gpu_results_hold_what_the_readme_quotes():
+    results = bench.recorded()
+    cold = results["h100_2026-11-23_cold_cache"]
+    assert cold["machine"]["device_name"] == "NVIDIA H100 80GB HBM3"
+    text, vision = cold["text"]["paths"], cold["vision"]["paths"]
+    compiled = "ftlab_fit_fast_compiled_reduce-overhead"
+    assert round(text[compiled]["samples_per_s"]) == 3019  # the README's table
+    assert round(text[compiled]["ratio_to_trainer"], 2) == 3.54
+    assert round(text[compiled]["projected_ratio_to_trainer"], 2) == 1.67
+    assert round(vision[compiled]["ratio_to_plain"], 2) == 4.59
+    warm = results["h100_2026-11-23_text_warm_cache"]["text"]["paths"][compiled]
+    assert round(warm["projected_ratio_to_trainer"], 2) == 3.02
+    assert "ftlab bench on NVIDIA H100" in bench.summary(cold)
