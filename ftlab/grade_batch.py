@@ -9,21 +9,15 @@ is skipped, is explained in `ftlab.grading`. Course tooling.
 from __future__ import annotations
 
 import json
-import math
 import re
-import subprocess
-import tempfile
-import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import nbformat
 
 from ftlab import checks
 from ftlab.exercise_build import CHECK_CALL, EXPENSIVE_TAG, hidden_tests, lesson_of_path
-
-MARKER = "FTLAB-RESULT "
-SETUP_TIMEOUT = 300  # seconds for the grader's setup cell (imports torch) in a fresh kernel
+from ftlab.grade_kernel import MARKER, Run, execute
 
 
 @dataclass
@@ -35,10 +29,6 @@ class Row:
     points: float
     max_points: float
     message: str
-
-
-class GradingError(RuntimeError):
-    """Grading itself failed (no kernel, unwritable output), not a student's notebook."""
 
 
 def report(name: str, namespace: dict, hidden_source: str = "") -> None:
@@ -84,7 +74,7 @@ def grade_notebook(
     except ValueError as error:
         return [Row(student, "-", 0, 0, str(error))]
     plan = _plan(notebook, lesson, question_ids, hidden, _solution_hidden_tests(solutions, lesson))
-    run = _execute(plan, timeout, cell_timeout)
+    run = execute(plan, timeout, cell_timeout)
     return [_row(student, question_id, plan, run) for question_id in question_ids]
 
 
@@ -111,14 +101,6 @@ class _Planned:
     section: str | None  # the question this cell belongs to (the next check cell)
     number: int | None  # 1-based cell number in the submission; None for appended checks
     grades: str | None = None  # question graded by this cell
-
-
-@dataclass
-class _Run:
-    errors: dict[int, str] = field(default_factory=dict)  # planned index -> "Type: message"
-    results: dict[str, dict] = field(default_factory=dict)
-    stopped: str = ""  # why execution stopped early
-    stopped_at: int | None = None
 
 
 def _read(path: Path) -> nbformat.NotebookNode:
@@ -212,81 +194,7 @@ def _solution_hidden_tests(solutions: Path | None, lesson: str) -> dict[str, str
     return tests
 
 
-def _execute(plan: list[_Planned], timeout: float, cell_timeout: float) -> _Run:
-    cells = [nbformat.v4.new_code_cell(planned.source) for planned in plan]
-    run, replies = _Run(), {}
-    with tempfile.TemporaryDirectory(prefix="ftlab-grade-") as workdir:
-        client = _client(nbformat.v4.new_notebook(cells=cells), workdir, replies)
-        try:
-            with client.setup_kernel(stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL):
-                _run_cells(client, plan, run, replies, timeout, cell_timeout)
-        except Exception as error:
-            if not replies:
-                message = f"cannot run a Python kernel: {type(error).__name__}: {error}"
-                raise GradingError(message) from error
-            run.stopped = run.stopped or f"the kernel failed: {type(error).__name__}: {error}"
-    if 0 in run.errors:
-        raise GradingError(f"the grader's setup cell failed in the kernel: {run.errors[0]}")
-    return run
-
-
-def _client(notebook, workdir: str, replies: dict):
-    from nbclient import NotebookClient
-
-    client = NotebookClient(
-        notebook,
-        kernel_name="python3",
-        allow_errors=True,
-        interrupt_on_timeout=True,
-        error_on_timeout={"ename": "Timeout", "evalue": "", "traceback": []},
-        resources={"metadata": {"path": workdir}},
-    )
-    client.on_cell_executed = lambda cell, cell_index, execute_reply: replies.update(
-        {cell_index: execute_reply}
-    )
-    return client
-
-
-def _run_cells(client, plan, run: _Run, replies: dict, timeout: float, cell_timeout: float):
-    from nbclient.exceptions import DeadKernelError
-
-    deadline = math.inf  # the notebook's time starts after the grader's own setup cell
-    for index, cell in enumerate(client.nb.cells):
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            run.stopped, run.stopped_at = f"the notebook ran past its {timeout:g} s limit", index
-            return
-        client.timeout = max(1, math.ceil(min(cell_timeout, remaining) if index else SETUP_TIMEOUT))
-        message = f"the cell ran longer than {client.timeout} s and was interrupted"
-        client.error_on_timeout["evalue"] = message
-        try:
-            client.execute_cell(cell, index)
-        except DeadKernelError:
-            run.stopped, run.stopped_at = "the kernel died (a crash or exit)", index
-            run.errors[index] = "KernelDied: the kernel process ended"
-            return
-        content = replies.get(index, {}).get("content", {})
-        if content.get("status") == "error":
-            run.errors[index] = f"{content.get('ename')}: {content.get('evalue')}".rstrip(": ")
-        result = _result_in(cell)
-        if plan[index].grades and result:
-            run.results[plan[index].grades] = result
-        if index == 0:
-            deadline = time.monotonic() + timeout
-
-
-def _result_in(cell) -> dict | None:
-    lines = [
-        line
-        for output in cell.outputs
-        if output.get("output_type") == "stream" and output.get("name") == "stdout"
-        for line in output.get("text", "").splitlines()
-        if line.startswith(MARKER)
-    ]
-    return json.loads(lines[-1][len(MARKER) :]) if lines else None
-
-
-def _row(student: str, question_id: str, plan: list[_Planned], run: _Run) -> Row:
+def _row(student: str, question_id: str, plan: list[_Planned], run: Run) -> Row:
     name = question_id.split(".")[1]
     index = next(i for i, p in enumerate(plan) if p.grades == name)
     result = run.results.get(name)
@@ -307,7 +215,7 @@ def _row(student: str, question_id: str, plan: list[_Planned], run: _Run) -> Row
     return Row(student, question_id, points, maximum, message)
 
 
-def _errors_before(name: str, index: int, plan: list[_Planned], run: _Run) -> str:
+def _errors_before(name: str, index: int, plan: list[_Planned], run: Run) -> str:
     own = [i for i in run.errors if i < index and plan[i].section == name and i != index]
     earlier = [i for i in run.errors if i < index and i not in own and plan[i].grades is None]
     chosen = own or earlier[:1]

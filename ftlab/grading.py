@@ -39,7 +39,8 @@ import nbformat
 
 from ftlab import checks
 from ftlab.exercise_build import lesson_of_path, make_exercise, validate_solution
-from ftlab.grade_batch import GradingError, Row, grade_notebook, submissions_in
+from ftlab.grade_batch import Row, grade_notebook, submissions_in
+from ftlab.grade_kernel import GradingError
 
 CSV_COLUMNS = ("student", "question", "points", "max_points", "message")
 

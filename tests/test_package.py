@@ -8,7 +8,8 @@ import re
 import ftlab
 
 TOOLING = {  # infrastructure for instructors and the course itself, taught in no lesson
-    "ftlab.checks", "ftlab.cli", "ftlab.exercise_build", "ftlab.grade_batch", "ftlab.grading",
+    "ftlab.checks", "ftlab.cli", "ftlab.exercise_build", "ftlab.grade_batch", "ftlab.grade_kernel",
+    "ftlab.grading",
     "ftlab.nbtools",
 }  # fmt: skip
 LESSON = re.compile(r"[Ll]essons? \d\d")
