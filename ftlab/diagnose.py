@@ -60,8 +60,11 @@ def diagnose(model, optimizer=None, batch=None, lr=None, verbose=True) -> list[F
     return findings
 
 
-def preflight(model, train_dl, optimizer, lr, device, check: bool, callbacks=()) -> None:
-    """Before `fit` trains: refuse an empty loader and bad labels; warn about other findings."""
+def preflight(model, train_dl, optimizer, lr, device, check: bool, callbacks=()):
+    """Before `fit` trains: refuse an empty loader and bad labels; warn about other findings.
+
+    Returns the labels of the first batch (None if it has none), which `fit` reads once more.
+    """
     try:
         with torch.random.fork_rng(devices=[]):  # peeking must not shift the seeded run
             batch = next(iter(train_dl))
@@ -71,11 +74,12 @@ def preflight(model, train_dl, optimizer, lr, device, check: bool, callbacks=())
             "batch_size is not larger than the data set when drop_last=True"
         ) from None
     batch = to_device(batch, device)
-    labels_finding = label_range_finding(_labels_of(batch), num_labels_of(model))
+    labels = _labels_of(batch)
+    labels_finding = label_range_finding(labels, num_labels_of(model))
     if labels_finding:
         raise ValueError(f"{labels_finding.message}. Fix: {labels_finding.fix}")
     if not check:
-        return
+        return labels
     with _training_mode(model):  # judge the model as fit will run it
         findings = diagnose(model, optimizer, _first_rows(batch), lr, verbose=False)
     fixed_by_callbacks = {getattr(callback, "fixes", None) for callback in callbacks}
@@ -85,6 +89,7 @@ def preflight(model, train_dl, optimizer, lr, device, check: bool, callbacks=())
         if finding.check == "num_labels":
             raise ValueError(f"{finding.message}. Fix: {finding.fix}")
         warnings.warn(str(finding), stacklevel=3)
+    return labels
 
 
 def num_labels_of(model) -> int | None:

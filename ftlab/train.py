@@ -44,7 +44,8 @@ def fit(
     first: labels outside the model's outputs or an empty loader raise, other findings warn.
     `oom_retry=True` redoes a batch that ran out of GPU memory in halves (same effective batch).
     `early_stopping`: `EarlyStopping(monitor="accuracy", patience=2)` or a dict of its arguments.
-    Lesson 06: `compile="default"|"reduce-overhead"` runs the model through `torch.compile`;
+    Lesson 06: `compile="default"|"reduce-overhead"` runs the model through `torch.compile`
+    (or a dict of `fast.compile_model`'s arguments: `{"mode": "reduce-overhead", "dynamic": True}`);
     `channels_last=True` stores a CNN's weights NHWC; under `torchrun`/`accelerate launch` the
     same call trains data-parallel (see `ftlab.distributed`): only rank 0 prints and writes.
     """
@@ -55,14 +56,14 @@ def fit(
     progress = progress and distributed.is_main_process()
     if seed is not None:
         seed_everything(seed)
-    preflight(
+    first_labels = preflight(
         model, train_dl, optimizer, lr if optimizer is None else None, device, check, callbacks
     )
     optimizer = optimizer or default_optimizer(model, lr, weight_decay, device)
     # Launched on several processes: a DDP model and sharded loaders; one process: unchanged.
     model, train_dl, val_dl = distributed.prepare(model, train_dl, val_dl, device)
     if compile:
-        model = fast.compile_model(model, compile)
+        model = _compiled(model, compile, first_labels)
     total_steps = _total_steps(train_dl, num_epochs, grad_accum_steps, max_steps)
     loop = Loop(total_steps, grad_accum_steps, max_grad_norm, metrics, checkpoint_dir,
                 checkpoint_every, keep_last)  # fmt: skip
@@ -145,6 +146,14 @@ def _after_step(state: TrainState, log: StepLog, loop: Loop) -> None:
     if loop.checkpoint_dir and loop.checkpoint_every and state.step % loop.checkpoint_every == 0:
         log.flush()
         checkpoint.save(loop.checkpoint_dir, state, loop.keep_last)
+
+
+def _compiled(model, compile, first_labels):
+    """Return fit's model through torch.compile; `compile`: a mode, or compile_model's args."""
+    # HF's first forward would set config.problem_type, which forces a second compilation
+    fast.settle_problem_type(distributed.unwrap(model), first_labels)
+    options = {"mode": compile} if isinstance(compile, str) else dict(compile)
+    return fast.compile_model(model, **options)
 
 
 def _new_state(model, optimizer, device, precision, callbacks, seed, oom_retry) -> TrainState:

@@ -188,9 +188,9 @@ def test_fit_compile_trains_the_same_weights_and_saves_plain_keys(monkeypatch, t
         _fit(_cnn(), compile="fastest")
     calls, compile_model = [], fast.compile_model
 
-    def eager_compile(model, mode):  # the same wiring, without minutes of C++ compilation
+    def eager_compile(model, mode, **options):  # the same wiring, without C++ compilation
         calls.append(mode)
-        return compile_model(model, mode, backend="eager")
+        return compile_model(model, mode, backend="eager", **options)
 
     monkeypatch.setattr(fast, "compile_model", eager_compile)
     plain, compiled = _cnn(), _cnn()
@@ -201,3 +201,71 @@ def test_fit_compile_trains_the_same_weights_and_saves_plain_keys(monkeypatch, t
         assert torch.allclose(a, b, atol=1e-6)
     saved = torch.load(sorted(tmp_path.glob("*.pt"))[-1], weights_only=False)
     assert set(saved["model"]) == set(plain.state_dict())  # no "_orig_mod." prefix
+
+
+def test_settle_problem_type_follows_the_rule_of_the_hf_forward():
+    from transformers import BertConfig, BertForSequenceClassification
+
+    config = dict(vocab_size=50, hidden_size=8, num_hidden_layers=1, num_attention_heads=1,
+                  intermediate_size=8, max_position_embeddings=16)  # fmt: skip
+    cases = [  # (num_labels, labels): the type HF's own forward picks for them
+        (2, torch.tensor([0, 1])),
+        (3, torch.tensor([[0.0, 1.0, 1.0], [1.0, 0.0, 0.0]])),
+        (1, torch.tensor([0.5, 1.5])),
+    ]
+    for num_labels, labels in cases:
+        settled, by_forward = (
+            BertForSequenceClassification(BertConfig(**config, num_labels=num_labels))
+            for _ in range(2)
+        )
+        fast.settle_problem_type(settled, labels)
+        by_forward(input_ids=torch.ones(2, 4, dtype=torch.long), labels=labels)
+        assert settled.config.problem_type == by_forward.config.problem_type is not None
+    chosen = BertForSequenceClassification(BertConfig(**config, num_labels=2))
+    chosen.config.problem_type = "multi_label_classification"  # the user's choice stays
+    fast.settle_problem_type(chosen, torch.tensor([0, 1]))
+    assert chosen.config.problem_type == "multi_label_classification"
+    fast.settle_problem_type(_cnn(), torch.tensor([0, 1]))  # no config: nothing to do
+
+
+def _tiny_bert_batches(lengths):
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(
+        BertConfig(vocab_size=50, hidden_size=8, num_hidden_layers=1, num_attention_heads=1,
+                   intermediate_size=8, max_position_embeddings=32, num_labels=2)
+    )  # fmt: skip
+    batches = [
+        {"input_ids": torch.randint(1, 50, (4, n)), "attention_mask": torch.ones(4, n).long(),
+         "labels": torch.tensor([0, 1, 1, 0])}
+        for n in lengths
+    ]  # fmt: skip
+    return model, batches
+
+
+@pytest.mark.parametrize(
+    ("dynamic", "settle", "graphs"),
+    [(True, True, 1), (True, False, 2), (False, True, 2)],
+    ids=["dynamic-one-graph", "hf-sets-problem-type-recompile", "static-one-per-shape"],
+)
+def test_fit_compiles_once_for_every_bucket_with_dynamic(monkeypatch, dynamic, settle, graphs):
+    from ftlab.train import fit
+
+    compiled_graphs, compile_model = [], fast.compile_model
+
+    def counting_backend(graph_module, example_inputs):  # dynamo calls it once per new graph
+        compiled_graphs.append(graph_module)
+        return graph_module.forward
+
+    monkeypatch.setattr(
+        fast, "compile_model", lambda model, **options: compile_model(
+            model, **options, backend=counting_backend)
+    )  # fmt: skip
+    if not settle:  # what happened before: HF's first forward changes the config under dynamo
+        monkeypatch.setattr(fast, "settle_problem_type", lambda model, labels: None)
+    model, batches = _tiny_bert_batches([16, 8, 16, 8])
+    torch._dynamo.reset()
+    fit(model, batches, compile={"mode": "default", "dynamic": dynamic}, device="cpu",
+        progress=False, check=False, seed=0)  # fmt: skip
+    assert len(compiled_graphs) == graphs
