@@ -19,13 +19,11 @@ import os
 import platform
 import resource
 import sys
-import time
 from datetime import datetime, timezone
-from itertools import pairwise
 
 import torch
 
-from ftlab import bench_data, bench_paths, fast
+from ftlab import bench_data, bench_paths, bench_timing, fast
 
 SST2_SAMPLES = 200_000  # ≈ 3 epochs of SST-2's 67k sentences: the end-to-end run projected
 SIZES = {  # per size: text and vision work, the same for every path
@@ -66,12 +64,14 @@ def run_bench(
     compile_mode: str | None = "auto",
     out: str | None = None,
     seed: int = 0,
+    profile: bool = False,
 ) -> dict:
     """Run the benchmark and return its results (also written to `out` as JSON if given).
 
     Taught in lesson 06. `device` "cpu" or "cuda" (default: CUDA if available); `task` "text",
     "vision" or "all"; `tiny=True` runs a few steps of small models (what the tests use);
     `compile_mode` adds a compiled fast path ("auto": "reduce-overhead" on CUDA, none on CPU).
+    `profile=True` also profiles each path's last steps (`ftlab.bench_timing`), untimed.
     """
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -87,7 +87,7 @@ def run_bench(
         work = dict(SIZES[size][name], task=name, seed=seed, target_loss=TARGET_LOSS[name])
         if name == "text":  # few shapes for the GPU; on the CPU arithmetic rules: pad the least
             work["bucket_multiple"] = fast.BUCKET_MULTIPLE if device.type == "cuda" else 8
-        results[name] = _run_task(work, device, compile_mode)
+        results[name] = _run_task(work, device, compile_mode, profile)
     if out:
         with open(out, "w") as file:
             json.dump(results, file, indent=2)
@@ -102,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="bench.json", help="where to write the JSON results")
     parser.add_argument("--tiny", action="store_true", help="small models, a few steps")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--profile", action="store_true", help="profile each path's last steps")
     parser.add_argument(
         "--compile", default="auto", choices=("auto", "none", *fast.COMPILE_MODES),
         help="add a torch.compile'd fast path (auto: reduce-overhead on CUDA, none on CPU)",
@@ -111,8 +112,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:  # on a shared CPU, fewer threads than cores can be much faster
         torch.set_num_threads(args.threads)
     results = run_bench(args.device, args.task, tiny=args.tiny, compile_mode=compile_mode,
-                        out=args.out)  # fmt: skip
+                        out=args.out, profile=args.profile)  # fmt: skip
     print(summary(results))
+    if args.profile:
+        print(bench_timing.profile_summary(results))
     print(f"wrote {args.out}")
     return 0
 
@@ -151,19 +154,21 @@ def summary(results: dict) -> str:
     return "\n".join(lines)
 
 
-def _run_task(work: dict, device: torch.device, compile_mode: str | None) -> dict:
+def _run_task(work: dict, device: torch.device, compile_mode: str | None, profile: bool) -> dict:
     data = bench_data.text_data(work) if work["task"] == "text" else bench_data.vision_data(work)
     paths = {"plain_fp32": bench_paths.plain_loop, "trainer_default": bench_paths.trainer}
     if device.type == "cuda":
         paths["trainer_" + _mixed_precision(device)] = bench_paths.trainer
     paths["ftlab_fit_fast"] = bench_paths.fit_fast
-    if compile_mode:
+    if compile_mode:  # text: one graph per bucket, and one for all (a symbolic length)
         paths[f"ftlab_fit_fast_compiled_{compile_mode}"] = bench_paths.fit_fast
+        if work["task"] == "text":
+            paths[f"ftlab_fit_fast_compiled_{compile_mode}_dynamic"] = bench_paths.fit_fast
     results = {}
     for name, run in paths.items():
         model = bench_data.build_model(work, device)
         _reset_peak_memory(device)
-        timer = _Timer(device, work["warmup_steps"])
+        timer = bench_timing.StepTimer(device, work, profile)
         losses = run(name, model, data, work, device, timer, compile_mode)
         timer.finish()
         results[name] = _path_result(name, work, timer, losses, model, data, device)
@@ -190,8 +195,10 @@ def _path_result(name, work, timer, losses, model, data, device) -> dict:
     steps, warmup, batch_size = work["steps"], work["warmup_steps"], work["batch_size"]
     if len(timer.times) != steps:
         raise RuntimeError(f"{name} ran {len(timer.times)} steps, expected {steps}")
-    warmup_s, steady_s, slow_steps = steady_window(
-        timer.times, warmup, bench_paths.loss_every(work)
+    timed = timer.times[: steps - timer.profiled]  # the profiled last steps are not timed
+    steps -= timer.profiled
+    warmup_s, steady_s, slow_steps = bench_timing.steady_window(
+        timed, warmup, bench_paths.loss_every(work)
     )
     samples_per_s = (steps - warmup - slow_steps) * batch_size / steady_s
     projected = warmup_s + (SST2_SAMPLES - (warmup + slow_steps) * batch_size) / samples_per_s
@@ -202,64 +209,15 @@ def _path_result(name, work, timer, losses, model, data, device) -> dict:
         "steady_s": steady_s,
         "total_s": timer.times[-1],
         "slow_steps_after_warmup": slow_steps,
-        "time_to_target_s": _time_to_target(losses, timer.times, work),
+        "time_to_target_s": bench_timing.time_to_target(losses, timer.times, work),
         "projected_s": projected if work["task"] == "text" else None,
         "first_loss": losses[0],
         "final_loss": sum(losses[-bench_paths.loss_every(work) :]) / bench_paths.loss_every(work),
         "eval_loss": eval_loss,
         "eval_accuracy": eval_accuracy,
         **_peak_memory(device),
+        **({"profile": timer.profiler.result} if timer.profiler else {}),
     }
-
-
-def steady_window(
-    times: list[float], warmup: int, every: int = 10, slow: float = 5.0
-) -> tuple[float, float, int]:
-    """Split step end times into (warm-up s, steady-state s, slow steps after warm-up).
-
-    A compiled path meets a new bucket's shape whenever a batch of it first comes, often after
-    the warm-up steps; that step then takes seconds of compilation instead of milliseconds.
-    The steps after warm-up are cut into windows of `every` steps (the loss read-back interval:
-    on a GPU the host runs ahead and waits at each read-back, so single steps cannot be
-    compared); a window longer than `slow` times the median window counts as warm-up, its
-    time and its steps leaving the steady-state window, so compilation never inflates the rate.
-    """
-    ends = list(range(warmup - 1, len(times), every))  # window boundaries (step indices)
-    windows = [(times[b] - times[a], b - a) for a, b in pairwise(ends)]
-    median = sorted(w for w, _ in windows)[len(windows) // 2] if windows else 0.0
-    slow_windows = [(s, n) for s, n in windows if s > slow * median]
-    slow_s, slow_steps = sum(s for s, _ in slow_windows), sum(n for _, n in slow_windows)
-    steady_s = times[-1] - times[warmup - 1] - slow_s
-    return times[warmup - 1] + slow_s, steady_s, slow_steps
-
-
-class _Timer:
-    """Seconds from the path's start to the end of each step; syncs CUDA only when it must."""
-
-    def __init__(self, device: torch.device, warmup_steps: int):
-        self.device, self.warmup_steps, self.times = device, warmup_steps, []
-        self.started = time.perf_counter()
-
-    def step_end(self) -> None:
-        # Syncing at the end of warm-up and at every read makes the steady-state window exact;
-        # the other timestamps are host times, at most one loss read-back ahead of the GPU.
-        if len(self.times) + 1 == self.warmup_steps and self.device.type == "cuda":
-            torch.cuda.synchronize()
-        self.times.append(time.perf_counter() - self.started)
-
-    def finish(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize()
-        self.times[-1] = time.perf_counter() - self.started
-
-
-def _time_to_target(losses: list[float], times: list[float], work: dict) -> float | None:
-    """Seconds until the mean loss over a logging window first reaches the target, or None."""
-    every = bench_paths.loss_every(work)
-    for end in range(every, len(losses) + 1, every):
-        if sum(losses[end - every : end]) / every <= work["target_loss"]:
-            return times[end - 1]
-    return None
 
 
 def _mixed_precision(device: torch.device) -> str:

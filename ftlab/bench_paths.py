@@ -68,7 +68,10 @@ def trainer(name, model, data, work, device, timer, compile_mode) -> list[float]
 
 
 def fit_fast(name, model, data, work, device, timer, compile_mode) -> list[float]:
-    """ftlab.fit with the fast path: grouped, bucketed batches; compiled if the name says so."""
+    """ftlab.fit with the fast path: grouped, bucketed batches; compiled if the name says so.
+
+    "..._dynamic" compiles one graph for every bucket (symbolic sequence length), not one each.
+    """
     from ftlab.train import fit
 
     class Timing:
@@ -82,11 +85,14 @@ def fit_fast(name, model, data, work, device, timer, compile_mode) -> list[float
     cuda, vision = device.type == "cuda", work["task"] == "vision"
     if vision:  # uint8 batches in (a quarter of the bytes), normalized on the device
         model = nn.Sequential(fast.ImageNormalize(*bench_data.IMAGENET, channels_last=cuda), model)
+    compile_options = None
+    if "compiled" in name:
+        compile_options = {"mode": compile_mode, "dynamic": name.endswith("_dynamic")}
     history = fit(
         model, train_dl, lr=work["lr"], max_steps=work["steps"], weight_decay=0.0,
         scheduler="linear", precision="auto", device=device, progress=False, check=False,
         callbacks=[Timing()], seed=work["seed"], channels_last=vision and cuda,
-        compile=compile_mode if "compiled" in name else None,
+        compile=compile_options,
     )  # fmt: skip
     return history.step_losses
 

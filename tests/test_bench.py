@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from ftlab import bench, bench_data, fast
+from ftlab import bench, bench_data, bench_timing, fast
 
 TEXT_PATHS = {"plain_fp32", "trainer_default", "ftlab_fit_fast"}
 FIELDS = {
@@ -77,18 +77,18 @@ def test_paths_train_the_same_model_from_the_same_start(results):
 def test_time_to_target_is_reached_only_when_the_loss_gets_there():
     work = {"steps": 6, "target_loss": 0.5}
     times = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]  # windows of 2 steps: the mean of a window counts
-    assert bench._time_to_target([0.9, 0.8, 0.5, 0.4, 0.6, 0.6], times, work) == 4.0
-    assert bench._time_to_target([0.9, 0.4, 0.7, 0.7, 0.6, 0.6], times, work) is None
+    assert bench_timing.time_to_target([0.9, 0.8, 0.5, 0.4, 0.6, 0.6], times, work) == 4.0
+    assert bench_timing.time_to_target([0.9, 0.4, 0.7, 0.7, 0.6, 0.6], times, work) is None
 
 
 def test_a_compilation_window_after_warmup_leaves_the_steady_window():
     # warm-up 2 steps, then windows of 2 steps of 2 s each; the third window compiles for 30 s
     times = [5.0, 6.0, 7.0, 8.0, 9.0, 10.0, 40.0, 41.0, 42.0, 43.0]
-    warmup_s, steady_s, slow = bench.steady_window(times, warmup=2, every=2)
+    warmup_s, steady_s, slow = bench_timing.steady_window(times, warmup=2, every=2)
     assert (warmup_s, steady_s, slow) == (6.0 + 31.0, 6.0, 2)  # 3 windows of 2 s stay steady
     # a read-back every 2 steps makes every other step long: not slow, the windows are even
     synced = [5.0, 6.0, 6.1, 8.0, 8.1, 10.0, 10.1, 12.0]
-    assert bench.steady_window(synced, warmup=2, every=2) == (6.0, 6.0, 0)
+    assert bench_timing.steady_window(synced, warmup=2, every=2) == (6.0, 6.0, 0)
 
 
 def test_text_data_is_sst2_shaped_and_labelled_by_its_marker():
@@ -140,3 +140,68 @@ def test_the_recorded_gpu_results_hold_what_the_readme_quotes():
     warm = results["h100_2026-11-23_text_warm_cache"]["text"]["paths"][compiled]
     assert round(warm["projected_ratio_to_trainer"], 2) == 3.02
     assert "ftlab bench on NVIDIA H100" in bench.summary(cold)
+
+
+def test_compiled_paths_text_static_and_dynamic_vision_static(monkeypatch):
+    compile_model, modes = fast.compile_model, []
+
+    def eager_compile(model, mode, dynamic=False):  # the paths' wiring, no C++ compilation
+        modes.append((mode, dynamic))
+        return compile_model(model, mode, dynamic=dynamic, backend="eager")
+
+    monkeypatch.setattr(fast, "compile_model", eager_compile)
+    text = bench.run_bench("cpu", "text", tiny=True, compile_mode="default")["text"]
+    compiled = "ftlab_fit_fast_compiled_default"
+    assert set(text["paths"]) == TEXT_PATHS | {compiled, compiled + "_dynamic"}
+    assert modes == [("default", False), ("default", True)]
+    assert set(text["skipped"]) == {"trainer_bf16"}
+    vision = bench.run_bench("cpu", "vision", tiny=True, compile_mode="default")["vision"]
+    assert set(vision["paths"]) == TEXT_PATHS | {compiled}  # images: one shape, one graph
+
+
+def test_profile_covers_the_last_steps_and_leaves_them_out_of_the_rates():
+
+    text = bench.run_bench("cpu", "text", tiny=True, compile_mode=None, profile=True)["text"]
+    work = text["config"]
+    profiled = bench_timing.profiled_steps(work["steps"], work["warmup_steps"])
+    assert profiled == 2  # tiny: 6 steps, 2 of warm-up, half of the other 4
+    for name, path in text["paths"].items():
+        profile = path["profile"]
+        assert profile["steps"] == profiled, name
+        assert profile["wall_ms_per_step"] >= profile["host_op_ms_per_step"] > 0, name
+        assert profile["device_busy_ms_per_step"] == 0 and profile["kernel_launches_per_step"] == 0
+        assert profile["top_host_ops"] and all(
+            op["ms_per_step"] > 0 for op in profile["top_host_ops"]
+        )
+        timed = work["steps"] - profiled - work["warmup_steps"] - path["slow_steps_after_warmup"]
+        assert path["samples_per_s"] == pytest.approx(timed * work["batch_size"] / path["steady_s"])
+    lines = bench_timing.profile_summary({"text": text}).splitlines()
+    assert len(lines) == 2 * len(text["paths"]) and "ms/step wall" in lines[0]
+    assert "device busy" not in lines[0]  # no GPU: nothing said of one
+
+
+def test_step_profiler_needs_a_step_and_profiles_only_its_window(capfd):
+
+    with pytest.raises(ValueError, match="at least 1 step"):
+        bench_timing.StepProfiler(torch.device("cpu"), start_after=4, steps=0)
+    profiler = bench_timing.StepProfiler(torch.device("cpu"), start_after=1, steps=2)
+    x = torch.randn(64, 64)
+    for done in range(1, 5):
+        (x @ x).sum()
+        profiler.step_end(done)
+        if done == 2:  # inside the window: not summarised yet
+            assert profiler.result is None and profiler.profiler is not None
+    assert profiler.result["steps"] == 2
+    assert any(op["op"] == "aten::mm" for op in profiler.result["top_host_ops"])
+    assert profiler.result["top_host_ops"][0]["calls_per_step"] >= 1
+    assert "profiler_st" not in capfd.readouterr().err  # Kineto's start/stop lines are hidden
+
+
+def test_the_recorded_cpu_compile_run_holds_what_the_readme_quotes():
+    text = bench.recorded()["cpu_2-cores_2026-11-23_text_compiled"]["text"]["paths"]
+    per_bucket = text["ftlab_fit_fast_compiled_default"]
+    dynamic = text["ftlab_fit_fast_compiled_default_dynamic"]
+    assert round(per_bucket["total_s"]) == 174 and round(per_bucket["samples_per_s"]) == 13
+    assert round(dynamic["total_s"]) == 58 and round(dynamic["warmup_s"]) == 56
+    assert round(dynamic["samples_per_s"]) == 417 and round(dynamic["ratio_to_trainer"], 2) == 1.41
+    assert round(dynamic["samples_per_s"] / text["ftlab_fit_fast"]["samples_per_s"], 2) == 1.24
