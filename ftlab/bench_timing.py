@@ -131,7 +131,7 @@ class StepTimer:
 
     def __init__(self, device: torch.device, work: dict, profile: bool = False):
         self.device, self.warmup_steps, self.times = device, work["warmup_steps"], []
-        self.profiled = profiled_steps(work["steps"], self.warmup_steps) * profile
+        self.profiled = profiled_steps(work["steps"], self.warmup_steps) if profile else 0
         start = work["steps"] - self.profiled
         self.profiler = StepProfiler(device, start, self.profiled) if profile else None
         self.syncs = {self.warmup_steps, start}
