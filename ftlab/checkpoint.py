@@ -98,11 +98,19 @@ def list_checkpoints(checkpoint_dir) -> list[Path]:
 
 def atomic_save(payload, path) -> None:
     """torch.save to a temporary file in the same folder, then rename it over `path`."""
+    atomic_write(path, lambda file: torch.save(payload, file))
+
+
+def atomic_write(path, write) -> None:
+    """Call `write(file)` on a temporary file beside `path`, then rename it over `path`.
+
+    A reader, or a run killed mid-write, sees the old file or the new one, never half of one.
+    """
     path = Path(path)
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(handle, "wb") as file:
-            torch.save(payload, file)
+            write(file)
             file.flush()
             os.fsync(file.fileno())  # on disk before the rename makes it visible
         os.replace(temporary, path)

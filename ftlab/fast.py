@@ -8,12 +8,18 @@ CUDA, no `.item()` per step) and leaves the rest to the caller.
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import warnings
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 from torch import nn
 
+from ftlab import distributed
 from ftlab.batches import to_device  # noqa: F401 (lesson 02's, non-blocking: pinned batches overlap)
+from ftlab.checkpoint import atomic_write
 
 BUCKET_MULTIPLE = 32  # pad lengths up to a multiple of this: few shapes, little waste
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
@@ -142,6 +148,56 @@ def compile_model(
     if backend != "inductor":  # other backends (e.g. "eager" for tests) take no mode
         return torch.compile(model, backend=backend, dynamic=dynamic)
     return torch.compile(model, mode=mode, dynamic=dynamic)
+
+
+@contextlib.contextmanager
+def compile_cache(path):
+    """Reuse `torch.compile`'s work on a fresh machine: load it from `path`, save it back there.
+
+    Taught in lesson 06. Inductor keeps what it compiled in `TORCHINDUCTOR_CACHE_DIR`, a temporary
+    folder: a second run on the same machine starts fast, a new Colab runtime compiles again.
+    Inside `with fast.compile_cache("/content/drive/MyDrive/ftlab.compiled"):` the artifacts
+    saved in the file (if it exists) are loaded first, and everything compiled in this process
+    is saved to it at the end (atomically; with several processes, by rank 0). Artifacts only
+    serve the same torch and Triton versions and GPU model; others are compiled anew. Yields a
+    report: `loaded` and `saved` artifact counts, `hits` of Inductor's graph cache in the block.
+    """
+    from torch._dynamo.utils import counters  # not at import: it takes seconds to load
+
+    path = Path(path)
+    report = {"path": str(path), "loaded": _load_artifacts(path) if path.exists() else 0}
+    hits_before = counters["inductor"]["fxgraph_cache_hit"]
+    try:
+        yield report
+    finally:
+        report["hits"] = counters["inductor"]["fxgraph_cache_hit"] - hits_before
+        artifacts = torch.compiler.save_cache_artifacts()  # None when nothing was compiled
+        report["saved"] = _artifact_count(artifacts[1]) if artifacts else 0
+        if artifacts and distributed.is_main_process():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(path, lambda file: file.write(artifacts[0]))
+
+
+def _load_artifacts(path: Path) -> int:
+    compiler_cache_log = logging.getLogger("torch.compiler._cache")
+    level = compiler_cache_log.level
+    compiler_cache_log.setLevel(logging.ERROR)  # its own traceback for an unreadable file
+    try:
+        info = torch.compiler.load_cache_artifacts(path.read_bytes())
+    finally:
+        compiler_cache_log.setLevel(level)
+    if info is None:
+        warnings.warn(
+            f"{path} holds no compile artifacts this torch can read (written by another "
+            "version, or damaged); compiling from scratch, and saving over it what compiles",
+            stacklevel=3,
+        )
+        return 0
+    return _artifact_count(info)
+
+
+def _artifact_count(info) -> int:
+    return sum(len(keys) for keys in info.artifacts.values())
 
 
 def settle_problem_type(model: nn.Module, labels: torch.Tensor | None) -> None:
