@@ -14,6 +14,7 @@ the machine and on whatever else runs on it.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -65,6 +66,7 @@ def run_bench(
     out: str | None = None,
     seed: int = 0,
     profile: bool = False,
+    compile_cache: str | None = None,
 ) -> dict:
     """Run the benchmark and return its results (also written to `out` as JSON if given).
 
@@ -72,6 +74,8 @@ def run_bench(
     "vision" or "all"; `tiny=True` runs a few steps of small models (what the tests use);
     `compile_mode` adds a compiled fast path ("auto": "reduce-overhead" on CUDA, none on CPU).
     `profile=True` also profiles each path's last steps (`ftlab.bench_timing`), untimed.
+    `compile_cache`: a file of compiled artifacts to load first and save after
+    (`fast.compile_cache`), to time a fresh machine that reuses an earlier run's compilation.
     """
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -83,11 +87,14 @@ def run_bench(
     size = "tiny" if tiny else device.type
     results = {"created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     results.update(machine=_machine(device), size=size, compile_mode=compile_mode)
-    for name in ("text", "vision") if task == "all" else (task,):
-        work = dict(SIZES[size][name], task=name, seed=seed, target_loss=TARGET_LOSS[name])
-        if name == "text":  # few shapes for the GPU; on the CPU arithmetic rules: pad the least
-            work["bucket_multiple"] = fast.BUCKET_MULTIPLE if device.type == "cuda" else 8
-        results[name] = _run_task(work, device, compile_mode, profile)
+    cache = fast.compile_cache(compile_cache) if compile_cache else contextlib.nullcontext()
+    with cache as cache_report:
+        for name in ("text", "vision") if task == "all" else (task,):
+            work = dict(SIZES[size][name], task=name, seed=seed, target_loss=TARGET_LOSS[name])
+            if name == "text":  # few shapes for the GPU; on the CPU arithmetic rules: pad least
+                work["bucket_multiple"] = fast.BUCKET_MULTIPLE if device.type == "cuda" else 8
+            results[name] = _run_task(work, device, compile_mode, profile)
+    results["compile_cache"] = cache_report  # loaded, saved, hits; None without a cache file
     if out:
         with open(out, "w") as file:
             json.dump(results, file, indent=2)
@@ -103,6 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tiny", action="store_true", help="small models, a few steps")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--profile", action="store_true", help="profile each path's last steps")
+    parser.add_argument("--compile-cache", default=None, help="file of compiled artifacts to "
+                        "load first and save after (fast.compile_cache)")  # fmt: skip
     parser.add_argument(
         "--compile", default="auto", choices=("auto", "none", *fast.COMPILE_MODES),
         help="add a torch.compile'd fast path (auto: reduce-overhead on CUDA, none on CPU)",
@@ -112,7 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:  # on a shared CPU, fewer threads than cores can be much faster
         torch.set_num_threads(args.threads)
     results = run_bench(args.device, args.task, tiny=args.tiny, compile_mode=compile_mode,
-                        out=args.out, profile=args.profile)  # fmt: skip
+                        out=args.out, profile=args.profile,
+                        compile_cache=args.compile_cache)  # fmt: skip
     print(summary(results))
     if args.profile:
         print(bench_timing.profile_summary(results))
@@ -144,14 +154,17 @@ def summary(results: dict) -> str:
     header = f"{'task':<7}{'path':<{width}}{'samples/s':>10}{'x Trainer':>10}{'warm-up s':>10}"
     lines.append(header + f"{'to target s':>12}{'peak MB':>9}{'eval acc':>9}")
     for task, name, path in rows:
-        target = path["time_to_target_s"]
         lines.append(
-            f"{task:<7}{name:<{width}}{path['samples_per_s']:>10.1f}"
-            f"{path['ratio_to_trainer']:>10.2f}{path['warmup_s']:>10.1f}"
-            f"{'not reached' if target is None else f'{target:.1f}':>12}"
+            f"{task:<7}{name:<{width}}{_cell(path['samples_per_s'], '.1f', 'not steady'):>10}"
+            f"{_cell(path['ratio_to_trainer'], '.2f', '-'):>10}{path['warmup_s']:>10.1f}"
+            f"{_cell(path['time_to_target_s'], '.1f', 'not reached'):>12}"
             f"{path['peak_memory_mb']:>9.0f}{path['eval_accuracy']:>9.3f}"
         )
     return "\n".join(lines)
+
+
+def _cell(value: float | None, spec: str, missing: str) -> str:
+    return missing if value is None else format(value, spec)
 
 
 def _run_task(work: dict, device: torch.device, compile_mode: str | None, profile: bool) -> dict:
@@ -172,14 +185,10 @@ def _run_task(work: dict, device: torch.device, compile_mode: str | None, profil
         losses = run(name, model, data, work, device, timer, compile_mode)
         timer.finish()
         results[name] = _path_result(name, work, timer, losses, model, data, device)
-        rate, total = results[name]["samples_per_s"], results[name]["total_s"]
-        print(f"{work['task']}: {name} {rate:.1f} samples/s, {total:.1f} s", file=sys.stderr)
-    baseline = results["trainer_default"]
-    for path in results.values():
-        path["ratio_to_trainer"] = path["samples_per_s"] / baseline["samples_per_s"]
-        path["ratio_to_plain"] = path["samples_per_s"] / results["plain_fp32"]["samples_per_s"]
-        if work["task"] == "text":
-            path["projected_ratio_to_trainer"] = baseline["projected_s"] / path["projected_s"]
+        rate = _cell(results[name]["samples_per_s"], ".1f", "not steady")
+        total = results[name]["total_s"]
+        print(f"{work['task']}: {name} {rate} samples/s, {total:.1f} s", file=sys.stderr)
+    _add_ratios(results, work["task"])
     config = {key: value for key, value in work.items() if key != "bert"}
     config["trainer_arguments_set"] = TRAINER_ARGUMENTS_SET
     if work["task"] == "text":
@@ -198,10 +207,12 @@ def _path_result(name, work, timer, losses, model, data, device) -> dict:
     timed = timer.times[: steps - timer.profiled]  # the profiled last steps are not timed
     steps -= timer.profiled
     warmup_s, steady_s, slow_steps = bench_timing.steady_window(
-        timed, warmup, bench_paths.loss_every(work)
+        timed, warmup, bench_paths.loss_every(work), graphs=timer.graphs[: len(timed)]
     )
-    samples_per_s = (steps - warmup - slow_steps) * batch_size / steady_s
-    projected = warmup_s + (SST2_SAMPLES - (warmup + slow_steps) * batch_size) / samples_per_s
+    samples_per_s = (steps - warmup - slow_steps) * batch_size / steady_s if steady_s else None
+    projected = None  # no steady state (compiling to the end): no rate to project with
+    if samples_per_s and work["task"] == "text":
+        projected = warmup_s + (SST2_SAMPLES - (warmup + slow_steps) * batch_size) / samples_per_s
     eval_loss, eval_accuracy = bench_data.evaluate(model, data["eval"], device)
     return {
         "samples_per_s": samples_per_s,
@@ -209,8 +220,9 @@ def _path_result(name, work, timer, losses, model, data, device) -> dict:
         "steady_s": steady_s,
         "total_s": timer.times[-1],
         "slow_steps_after_warmup": slow_steps,
+        "graphs_compiled": timer.graphs[-1],
         "time_to_target_s": bench_timing.time_to_target(losses, timer.times, work),
-        "projected_s": projected if work["task"] == "text" else None,
+        "projected_s": projected,
         "first_loss": losses[0],
         "final_loss": sum(losses[-bench_paths.loss_every(work) :]) / bench_paths.loss_every(work),
         "eval_loss": eval_loss,
@@ -218,6 +230,20 @@ def _path_result(name, work, timer, losses, model, data, device) -> dict:
         **_peak_memory(device),
         **({"profile": timer.profiler.result} if timer.profiler else {}),
     }
+
+
+def _add_ratios(results: dict, task: str) -> None:
+    trainer, plain = results["trainer_default"], results["plain_fp32"]
+    for path in results.values():
+        path["ratio_to_trainer"] = _ratio(path["samples_per_s"], trainer["samples_per_s"])
+        path["ratio_to_plain"] = _ratio(path["samples_per_s"], plain["samples_per_s"])
+        if task == "text":  # end to end: the faster path takes less time
+            path["projected_ratio_to_trainer"] = _ratio(trainer["projected_s"], path["projected_s"])
+
+
+def _ratio(numerator: float | None, denominator: float | None) -> float | None:
+    """numerator / denominator, or None when a path had no steady state to measure."""
+    return numerator / denominator if numerator and denominator else None
 
 
 def _mixed_precision(device: torch.device) -> str:

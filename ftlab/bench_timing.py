@@ -102,35 +102,59 @@ def _native_stderr_silenced():
         os.close(saved)
 
 
+def graphs_compiled() -> int:
+    """How many graphs `torch.compile` has captured in this process so far (dynamo's counter).
+
+    Each took seconds, whether Inductor compiled it or found its code in a cache.
+    """
+    from torch._dynamo.utils import counters
+
+    return counters["stats"]["unique_graphs"]
+
+
 def steady_window(
-    times: list[float], warmup: int, every: int = 10, slow: float = 5.0
+    times: list[float],
+    warmup: int,
+    every: int = 10,
+    slow: float = 5.0,
+    graphs: list[int] | None = None,
 ) -> tuple[float, float, int]:
-    """Split step end times into (warm-up s, steady-state s, slow steps after warm-up).
+    """Split step end times into (warm-up s, steady-state s, steps after warm-up not steady).
 
     A compiled path meets a new bucket's shape whenever a batch of it first comes, often after
     the warm-up steps; that step then takes seconds of compilation instead of milliseconds.
     The steps after warm-up are cut into windows of `every` steps (the loss read-back interval:
     on a GPU the host runs ahead and waits at each read-back, so single steps cannot be
-    compared); a window longer than `slow` times the median window counts as warm-up, its
-    time and its steps leaving the steady-state window, so compilation never inflates the rate.
+    compared). A window in which a graph was compiled (`graphs`: `graphs_compiled()` at each
+    step's end) counts as warm-up, and so does one whose steps are `slow` times slower than the
+    median of the windows without compilation (a CUDA graph recorded for a new shape). When
+    every window compiled, nothing was steady: steady-state seconds are 0.
     """
     ends = list(range(warmup - 1, len(times), every))  # window boundaries (step indices)
-    windows = [(times[b] - times[a], b - a) for a, b in pairwise(ends)]
-    median = sorted(w for w, _ in windows)[len(windows) // 2] if windows else 0.0
-    slow_windows = [(s, n) for s, n in windows if s > slow * median]
-    slow_s, slow_steps = sum(s for s, _ in slow_windows), sum(n for _, n in slow_windows)
-    steady_s = times[-1] - times[warmup - 1] - slow_s
-    return times[warmup - 1] + slow_s, steady_s, slow_steps
+    if ends and ends[-1] != len(times) - 1:
+        ends.append(len(times) - 1)  # the last, shorter window
+    windows = [(times[b] - times[a], b - a, bool(graphs) and graphs[b] > graphs[a])
+               for a, b in pairwise(ends)]  # fmt: skip
+    calm = sorted(s / n for s, n, compiled in windows if not compiled)
+    median = calm[len(calm) // 2] if calm else 0.0
+    steady, unsteady = [], []
+    for s, n, compiled in windows:
+        (unsteady if compiled or s / n > slow * median else steady).append((s, n))
+    unsteady_s, unsteady_steps = sum(s for s, _ in unsteady), sum(n for _, n in unsteady)
+    return times[warmup - 1] + unsteady_s, sum(s for s, _ in steady), unsteady_steps
 
 
 class StepTimer:
-    """Seconds from the path's start to the end of each step; syncs CUDA only when it must.
+    """Seconds from the path's start to the end of each step, and the graphs compiled by then.
+
+    Syncs CUDA only when it must.
 
     With `profile`, the last steps run under `StepProfiler`, after the timed ones.
     """
 
     def __init__(self, device: torch.device, work: dict, profile: bool = False):
         self.device, self.warmup_steps, self.times = device, work["warmup_steps"], []
+        self.graphs, self.graphs_before = [], graphs_compiled()  # graphs compiled by each step
         self.profiled = profiled_steps(work["steps"], self.warmup_steps) if profile else 0
         start = work["steps"] - self.profiled
         self.profiler = StepProfiler(device, start, self.profiled) if profile else None
@@ -144,6 +168,7 @@ class StepTimer:
         if len(self.times) + 1 in self.syncs and self.device.type == "cuda":
             torch.cuda.synchronize()
         self.times.append(time.perf_counter() - self.started)
+        self.graphs.append(graphs_compiled() - self.graphs_before)
         if self.profiler:
             self.profiler.step_end(len(self.times))
 

@@ -15,7 +15,7 @@ TEXT_PATHS = {"plain_fp32", "trainer_default", "ftlab_fit_fast"}
 FIELDS = {
     "samples_per_s", "warmup_s", "steady_s", "total_s", "time_to_target_s", "first_loss",
     "final_loss", "eval_loss", "eval_accuracy", "peak_memory_mb", "peak_memory_kind",
-    "ratio_to_trainer", "ratio_to_plain", "slow_steps_after_warmup",
+    "ratio_to_trainer", "ratio_to_plain", "slow_steps_after_warmup", "graphs_compiled",
 }  # fmt: skip
 
 
@@ -40,6 +40,7 @@ def test_every_path_ran_with_every_field(results):
         for name, path in paths.items():
             assert FIELDS <= set(path), (task, name, FIELDS - set(path))
             assert path["samples_per_s"] > 0 and path["steady_s"] > 0, (task, name)
+            assert path["graphs_compiled"] == 0, (task, name)  # nothing asked for compilation
             assert 0 < path["warmup_s"] < path["total_s"], (task, name)
             assert 0.0 <= path["eval_accuracy"] <= 1.0 and math.isfinite(path["eval_loss"])
         assert set(results[task]["skipped"]) == {"trainer_bf16", "ftlab_fit_fast_compiled"}
@@ -89,6 +90,39 @@ def test_a_compilation_window_after_warmup_leaves_the_steady_window():
     # a read-back every 2 steps makes every other step long: not slow, the windows are even
     synced = [5.0, 6.0, 6.1, 8.0, 8.1, 10.0, 10.1, 12.0]
     assert bench_timing.steady_window(synced, warmup=2, every=2) == (6.0, 6.0, 0)
+
+
+def test_windows_that_compiled_are_warm_up_even_when_most_windows_compiled():
+    # windows of 2 steps: the first two compile a new shape each (3 s a step), the last is calm
+    times = [1.0, 2.0, 5.0, 8.0, 11.0, 14.0, 15.0, 16.0]
+    graphs = [1, 1, 2, 2, 3, 3, 3, 3]
+    # by time alone the slow windows are the median, so all would count as steady
+    assert bench_timing.steady_window(times, warmup=2, every=2) == (2.0, 14.0, 0)
+    assert bench_timing.steady_window(times, 2, 2, graphs=graphs) == (2.0 + 12.0, 2.0, 4)
+    # every window compiled: nothing was steady
+    every_window = [1, 1, 2, 2, 3, 3, 4, 4]
+    assert bench_timing.steady_window(times, 2, 2, graphs=every_window) == (16.0, 0.0, 6)
+
+
+def test_the_last_shorter_window_is_judged_too():
+    times = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 30.0]  # windows 2-4, 4-6 steady; 6-7 compiles
+    assert bench_timing.steady_window(times, 2, 2, graphs=[0] * 6 + [1]) == (26.0, 4.0, 1)
+
+
+def test_the_step_timer_counts_the_graphs_each_step_compiled():
+    timer = bench_timing.StepTimer(torch.device("cpu"), {"steps": 3, "warmup_steps": 1})
+    double = torch.compile(lambda x: x * 2, backend="eager", dynamic=False)
+    for size in (2, 2, 3):  # a new shape in the third step: one more graph
+        double(torch.ones(size))
+        timer.step_end()
+    assert timer.graphs == [1, 1, 2]
+
+
+def test_a_path_without_a_steady_state_has_no_rate_and_says_so():
+    path = dict(samples_per_s=None, ratio_to_trainer=None, warmup_s=8.4, time_to_target_s=None,
+                peak_memory_mb=900, eval_accuracy=0.6)  # fmt: skip
+    results = {"machine": {"device_name": "CPU"}, "size": "tiny", "text": {"paths": {"p": path}}}
+    assert "not steady" in bench.summary(results).splitlines()[-1]
 
 
 def test_text_data_is_sst2_shaped_and_labelled_by_its_marker():
@@ -154,6 +188,8 @@ def test_compiled_paths_text_static_and_dynamic_vision_static(monkeypatch):
     compiled = "ftlab_fit_fast_compiled_default"
     assert set(text["paths"]) == TEXT_PATHS | {compiled, compiled + "_dynamic"}
     assert modes == [("default", False), ("default", True)]
+    graphs = {name: path["graphs_compiled"] for name, path in text["paths"].items()}
+    assert graphs[compiled] > graphs[compiled + "_dynamic"] == 1  # a graph per bucket, or one
     assert set(text["skipped"]) == {"trainer_bf16"}
     vision = bench.run_bench("cpu", "vision", tiny=True, compile_mode="default")["vision"]
     assert set(vision["paths"]) == TEXT_PATHS | {compiled}  # images: one shape, one graph
@@ -197,11 +233,27 @@ def test_step_profiler_needs_a_step_and_profiles_only_its_window(capfd):
     assert "profiler_st" not in capfd.readouterr().err  # Kineto's start/stop lines are hidden
 
 
-def test_the_recorded_cpu_compile_run_holds_what_the_readme_quotes():
-    text = bench.recorded()["cpu_2-cores_2026-11-23_text_compiled"]["text"]["paths"]
-    per_bucket = text["ftlab_fit_fast_compiled_default"]
-    dynamic = text["ftlab_fit_fast_compiled_default_dynamic"]
-    assert round(per_bucket["total_s"]) == 174 and round(per_bucket["samples_per_s"]) == 13
-    assert round(dynamic["total_s"]) == 58 and round(dynamic["warmup_s"]) == 56
-    assert round(dynamic["samples_per_s"]) == 417 and round(dynamic["ratio_to_trainer"], 2) == 1.41
-    assert round(dynamic["samples_per_s"] / text["ftlab_fit_fast"]["samples_per_s"], 2) == 1.24
+def test_the_recorded_cpu_compile_runs_hold_what_the_readme_quotes():
+    runs = bench.recorded()
+    cold = runs["cpu_2-cores_2026-11-23_text_compiled"]
+    loaded = runs["cpu_2-cores_2026-11-23_text_compiled_loaded_cache"]  # a fresh inductor dir
+    assert (cold["compile_cache"]["loaded"], cold["compile_cache"]["saved"]) == (0, 18)
+    assert loaded["compile_cache"]["loaded"] == 18 and loaded["compile_cache"]["hits"] > 0
+    per_bucket = "ftlab_fit_fast_compiled_default"
+    dynamic, eager = per_bucket + "_dynamic", "ftlab_fit_fast"
+
+    def field(run, path, key):
+        return round(run["text"]["paths"][path][key])
+
+    for run in (cold, loaded):
+        assert field(run, per_bucket, "graphs_compiled") == 5
+        assert field(run, dynamic, "graphs_compiled") == 1
+    # the README's figures: warm-up seconds of each run, then steady samples/s
+    warmups = [
+        field(run, path, "warmup_s") for run in (cold, loaded) for path in (per_bucket, dynamic)
+    ]
+    assert warmups == [152, 53, 100, 35]
+    rates = [
+        field(run, path, "samples_per_s") for path in (dynamic, eager) for run in (cold, loaded)
+    ]
+    assert rates == [367, 510, 594, 456]
