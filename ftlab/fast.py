@@ -162,6 +162,12 @@ def compile_cache(path):
     serve the same torch and Triton versions and GPU model; others are compiled anew. Yields a
     report: `loaded` and `saved` artifact counts, `hits` of Inductor's graph cache in the block.
     """
+    if not hasattr(torch.compiler, "save_cache_artifacts"):
+        raise RuntimeError(
+            f"fast.compile_cache needs torch >= 2.7 (torch.compiler.save_cache_artifacts); this "
+            f"is torch {torch.__version__}. Upgrade torch, or leave it out: Inductor's own cache "
+            "folder still serves a second run on the same machine"
+        )
     from torch._dynamo.utils import counters  # not at import: it takes seconds to load
 
     path = Path(path)

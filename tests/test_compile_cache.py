@@ -70,3 +70,10 @@ def test_only_the_main_process_writes_the_cache(tmp_path, monkeypatch):
     with fast.compile_cache(tmp_path / "rank0.compiled"):
         pass
     assert (tmp_path / "rank0.compiled").read_bytes() == b"artifacts"
+
+
+def test_a_torch_without_portable_caches_gets_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.delattr(torch.compiler, "save_cache_artifacts")
+    with pytest.raises(RuntimeError, match="needs torch >= 2.7"):
+        with fast.compile_cache(tmp_path / "ftlab.compiled"):
+            pass
