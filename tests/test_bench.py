@@ -257,3 +257,12 @@ def test_the_recorded_cpu_compile_runs_hold_what_the_readme_quotes():
         field(run, path, "samples_per_s") for path in (dynamic, eager) for run in (cold, loaded)
     ]
     assert rates == [367, 510, 594, 456]
+
+
+def test_compile_cache_flag_wraps_the_run_and_reports(tmp_path):
+    out, cache_file = tmp_path / "bench.json", tmp_path / "bench.compiled"
+    argv = ["--device", "cpu", "--tiny", "--task", "text", "--compile", "none", "--out", str(out)]
+    assert bench.main([*argv, "--compile-cache", str(cache_file)]) == 0
+    report = json.loads(out.read_text())["compile_cache"]
+    assert report["path"] == str(cache_file) and report["loaded"] == report["hits"] == 0
+    assert bench.main(argv) == 0 and json.loads(out.read_text())["compile_cache"] is None
