@@ -46,12 +46,6 @@ def is_main_process() -> bool:
     return rank() == 0
 
 
-def print0(*args, **kwargs) -> None:
-    """Print on rank 0 only, so a 4-process run does not print everything 4 times."""
-    if is_main_process():
-        print(*args, **kwargs)
-
-
 def local_device(device: torch.device) -> torch.device:
     """Return this process's device: cuda:<local rank> under a launcher, else `device`."""
     if is_distributed() and torch.device(device).type == "cuda":
