@@ -146,6 +146,11 @@ def test_default_optimizer_skips_frozen_parameters_and_decay_of_biases_and_norms
         default_optimizer(mlp().requires_grad_(False), 1e-3, 0.0, "cpu")
 
 
+def test_default_optimizer_is_fused_on_cpu_and_cuda_only():
+    assert default_optimizer(mlp(), 1e-3, 0.0, "cpu").defaults["fused"] is True
+    assert default_optimizer(mlp(), 1e-3, 0.0, "mps").defaults["fused"] is False  # no promise
+
+
 @pytest.mark.parametrize("name", ["linear", "cosine"])
 def test_schedules_match_transformers(name):
     import transformers
