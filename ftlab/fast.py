@@ -2,7 +2,7 @@
 
 Taught in lesson 06. At batch 32 a GPU spends most of a BERT step waiting for Python and for
 kernel launches, not computing. Each piece below removes one kind of waste and works on its
-own; `ftlab.fit` turns on the ones that are always safe (fused AdamW and non-blocking copies on
+own; `ftlab.fit` turns on the ones that are always safe (fused AdamW, non-blocking copies on
 CUDA, no `.item()` per step) and leaves the rest to the caller.
 """
 
@@ -267,11 +267,6 @@ def loader_kwargs(device: torch.device | str, num_workers: int = 0) -> dict:
     if num_workers > 0:
         kwargs["persistent_workers"] = True  # keep workers alive between epochs
     return kwargs
-
-
-def adamw_kwargs(device: torch.device | str) -> dict:
-    """Return `{"fused": True}` on CUDA: one kernel updates every parameter. Taught in lesson 06."""
-    return {"fused": True} if torch.device(device).type == "cuda" else {}
 
 
 def _label_of(example: dict) -> int:
