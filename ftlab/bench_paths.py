@@ -21,7 +21,8 @@ def plain_loop(name, model, data, work, device, timer, compile_mode) -> list[flo
         data["plain"], batch_size=work["batch_size"], shuffle=True, collate_fn=data["collate"],
         generator=torch.Generator().manual_seed(work["seed"]), drop_last=True,
     )  # fmt: skip
-    optimizer = torch.optim.AdamW(model.parameters(), lr=work["lr"], weight_decay=0.0)
+    fused = device.type in ("cpu", "cuda")  # as lesson 02's AdamW
+    optimizer = torch.optim.AdamW(model.parameters(), lr=work["lr"], weight_decay=0.0, fused=fused)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _linear_decay(work["steps"]))
     losses = []
     model.train()

@@ -233,6 +233,17 @@ def test_step_profiler_needs_a_step_and_profiles_only_its_window(capfd):
     assert "profiler_st" not in capfd.readouterr().err  # Kineto's start/stop lines are hidden
 
 
+def test_the_recorded_cpu_run_holds_what_the_readme_quotes():
+    run = bench.recorded()["cpu_2-cores_2026-11-23"]
+    assert run["machine"]["device"] == "cpu" and run["compile_mode"] is None
+    rates = {
+        task: [round(path["samples_per_s"], 1) for path in run[task]["paths"].values()]
+        for task in ("text", "vision")
+    }
+    assert rates == {"text": [68.6, 253.4, 467.0], "vision": [30.0, 36.9, 38.1]}  # the table
+    assert round(run["text"]["paths"]["ftlab_fit_fast"]["ratio_to_trainer"], 2) == 1.84
+
+
 def test_the_recorded_cpu_compile_runs_hold_what_the_readme_quotes():
     runs = bench.recorded()
     cold = runs["cpu_2-cores_2026-11-23_text_compiled"]
