@@ -90,15 +90,21 @@ def run_bench(
     cache = fast.compile_cache(compile_cache) if compile_cache else contextlib.nullcontext()
     with cache as cache_report:
         for name in ("text", "vision") if task == "all" else (task,):
-            work = dict(SIZES[size][name], task=name, seed=seed, target_loss=TARGET_LOSS[name])
-            if name == "text":  # few shapes for the GPU; on the CPU arithmetic rules: pad least
-                work["bucket_multiple"] = fast.BUCKET_MULTIPLE if device.type == "cuda" else 8
+            work = work_for(size, name, device, seed)
             results[name] = _run_task(work, device, compile_mode, profile)
     results["compile_cache"] = cache_report  # loaded, saved, hits; None without a cache file
     if out:
         with open(out, "w") as file:
             json.dump(results, file, indent=2)
     return results
+
+
+def work_for(size: str, task: str, device: torch.device, seed: int = 0) -> dict:
+    """Return the work every path does: `SIZES[size][task]` with the task, seed and target."""
+    work = dict(SIZES[size][task], task=task, seed=seed, target_loss=TARGET_LOSS[task])
+    if task == "text":  # few shapes for the GPU; on the CPU arithmetic rules: pad least
+        work["bucket_multiple"] = fast.BUCKET_MULTIPLE if device.type == "cuda" else 8
+    return work
 
 
 def main(argv: list[str] | None = None) -> int:
