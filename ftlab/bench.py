@@ -175,10 +175,9 @@ def _cell(value: float | None, spec: str, missing: str) -> str:
 
 def _run_task(work: dict, device: torch.device, compile_mode: str | None, profile: bool) -> dict:
     data = bench_data.text_data(work) if work["task"] == "text" else bench_data.vision_data(work)
-    paths = {"plain_fp32": bench_paths.plain_loop, "trainer_default": bench_paths.trainer}
+    paths = dict(bench_paths.EAGER)  # plain loop, Trainer, fit's fast path
     if device.type == "cuda":
         paths["trainer_" + _mixed_precision(device)] = bench_paths.trainer
-    paths["ftlab_fit_fast"] = bench_paths.fit_fast
     if compile_mode:  # text: one graph per bucket, and one for all (a symbolic length)
         paths[f"ftlab_fit_fast_compiled_{compile_mode}"] = bench_paths.fit_fast
         if work["task"] == "text":

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ftlab import bench_data, fast
+from ftlab.train import fused_adamw
 
 
 def plain_loop(name, model, data, work, device, timer, compile_mode) -> list[float]:
@@ -21,7 +22,7 @@ def plain_loop(name, model, data, work, device, timer, compile_mode) -> list[flo
         data["plain"], batch_size=work["batch_size"], shuffle=True, collate_fn=data["collate"],
         generator=torch.Generator().manual_seed(work["seed"]), drop_last=True,
     )  # fmt: skip
-    fused = device.type in ("cpu", "cuda")  # as lesson 02's AdamW
+    fused = fused_adamw(device)  # as lesson 02's AdamW
     optimizer = torch.optim.AdamW(model.parameters(), lr=work["lr"], weight_decay=0.0, fused=fused)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _linear_decay(work["steps"]))
     losses = []
@@ -118,3 +119,7 @@ def loss_every(work: dict) -> int:
 
 def _linear_decay(steps: int):
     return lambda step: max(0.0, 1 - step / steps)
+
+
+# The paths every run times, by name; on CUDA the bench adds Trainer bf16/fp16 and compiled fit.
+EAGER = {"plain_fp32": plain_loop, "trainer_default": trainer, "ftlab_fit_fast": fit_fast}

@@ -15,11 +15,7 @@ import torch
 
 from ftlab import bench, bench_data, bench_paths
 
-PATHS = {
-    "plain_fp32": bench_paths.plain_loop,
-    "trainer_default": bench_paths.trainer,
-    "ftlab_fit_fast": bench_paths.fit_fast,
-}
+PATHS = bench_paths.EAGER  # the eager paths of every bench run
 
 
 class _NoTimer:

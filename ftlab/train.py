@@ -24,7 +24,7 @@ from ftlab.diagnose import device_mismatch_message, out_of_memory_message, prefl
 from ftlab.env import pick_device, pick_precision, seed_everything
 from ftlab.evaluation import AUTOCAST_DTYPES, evaluate, logits_of, predict
 
-__all__ = ["History", "fit", "evaluate", "predict", "compute_loss", "optimizer_step"]
+__all__ = ["History", "fit", "evaluate", "predict", "compute_loss", "optimizer_step", "fused_adamw"]
 
 
 def fit(
@@ -244,9 +244,15 @@ def default_optimizer(model, lr: float, weight_decay: float, device) -> torch.op
         {"params": [p for p in trainable if p.ndim < 2], "weight_decay": 0.0},  # bias, norm
     ]
     groups = [group for group in groups if group["params"]]
-    # fused: one kernel updates every parameter, not a loop over the tensors (CPU and CUDA)
-    fused = torch.device(device).type in ("cpu", "cuda")
-    return torch.optim.AdamW(groups, lr=lr, fused=fused)
+    return torch.optim.AdamW(groups, lr=lr, fused=fused_adamw(device))
+
+
+def fused_adamw(device) -> bool:
+    """Whether AdamW can run `fused=True` on `device`: on the CPU and CUDA. Taught in lesson 02.
+
+    Fused, one kernel updates every parameter instead of one small computation per tensor.
+    """
+    return torch.device(device).type in ("cpu", "cuda")
 
 
 def make_scheduler(optimizer, name: str | None, total_steps: int, warmup_ratio: float = 0.0):

@@ -16,7 +16,14 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from ftlab.callbacks import EarlyStopping
-from ftlab.train import default_optimizer, evaluate, fit, make_scheduler, predict
+from ftlab.train import (
+    default_optimizer,
+    evaluate,
+    fit,
+    fused_adamw,
+    make_scheduler,
+    predict,
+)
 
 QUIET = {"progress": False, "device": "cpu"}
 
@@ -149,6 +156,7 @@ def test_default_optimizer_skips_frozen_parameters_and_decay_of_biases_and_norms
 def test_default_optimizer_is_fused_on_cpu_and_cuda_only():
     assert default_optimizer(mlp(), 1e-3, 0.0, "cpu").defaults["fused"] is True
     assert default_optimizer(mlp(), 1e-3, 0.0, "mps").defaults["fused"] is False  # no promise
+    assert fused_adamw("cuda") and fused_adamw(torch.device("cpu")) and not fused_adamw("meta")
 
 
 @pytest.mark.parametrize("name", ["linear", "cosine"])
