@@ -158,12 +158,13 @@ def summary(results: dict) -> str:
             for name, path in results.get(task, {}).get("paths", {}).items()]  # fmt: skip
     width = max([len(name) + 2 for _, name, _ in rows] + [30])
     header = f"{'task':<7}{'path':<{width}}{'samples/s':>10}{'x Trainer':>10}{'warm-up s':>10}"
-    lines.append(header + f"{'to target s':>12}{'peak MB':>9}{'eval acc':>9}")
+    lines.append(header + f"{'to target s':>12}{'loader ms':>10}{'peak MB':>9}{'eval acc':>9}")
     for task, name, path in rows:
         lines.append(
             f"{task:<7}{name:<{width}}{_cell(path['samples_per_s'], '.1f', 'not steady'):>10}"
             f"{_cell(path['ratio_to_trainer'], '.2f', '-'):>10}{path['warmup_s']:>10.1f}"
             f"{_cell(path['time_to_target_s'], '.1f', 'not reached'):>12}"
+            f"{_cell(path.get('loader_ms_per_batch'), '.1f', '-'):>10}"
             f"{path['peak_memory_mb']:>9.0f}{path['eval_accuracy']:>9.3f}"
         )
     return "\n".join(lines)
@@ -196,12 +197,9 @@ def _run_task(work: dict, device: torch.device, compile_mode: str | None, profil
     _add_ratios(results, work["task"])
     config = {key: value for key, value in work.items() if key != "bert"}
     config["trainer_arguments_set"] = TRAINER_ARGUMENTS_SET
+    config["model"] = "ResNet-18 (weights=None)"
     if work["task"] == "text":
-        config["model"] = "BERT (random weights), " + str(
-            bench_data.bert_config(work).to_diff_dict()
-        )
-    else:
-        config["model"] = "ResNet-18 (weights=None)"
+        config["model"] = f"BERT (random weights), {bench_data.bert_config(work).to_diff_dict()}"
     return {"config": config, "paths": results, "skipped": _skipped(device, compile_mode)}
 
 
@@ -226,6 +224,7 @@ def _path_result(name, work, timer, losses, model, data, device) -> dict:
         "total_s": timer.times[-1],
         "slow_steps_after_warmup": slow_steps,
         "graphs_compiled": timer.graphs[-1],
+        "loader_ms_per_batch": timer.loader_ms,
         "time_to_target_s": bench_timing.time_to_target(losses, timer.times, work),
         "projected_s": projected,
         "first_loss": losses[0],

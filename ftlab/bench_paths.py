@@ -1,7 +1,8 @@
 """The three loops `ftlab bench` times on the same work. Taught in lesson 06.
 
-Each takes (name, model, data, work, device, timer, compile_mode), calls `timer.step_end()`
-after every optimizer step and returns the per-step training losses.
+Each takes (name, model, data, work, device, timer, compile_mode), times its loader alone
+first (`timer.time_loader`), calls `timer.step_end()` after every optimizer step and returns
+the per-step training losses.
 """
 
 from __future__ import annotations
@@ -18,10 +19,8 @@ from ftlab.train import fused_adamw
 
 def plain_loop(name, model, data, work, device, timer, compile_mode) -> list[float]:
     """The loop of lesson 02: fp32, batches padded to max_length, loss.item() every step."""
-    train_dl = torch.utils.data.DataLoader(
-        data["plain"], batch_size=work["batch_size"], shuffle=True, collate_fn=data["collate"],
-        generator=torch.Generator().manual_seed(work["seed"]), drop_last=True,
-    )  # fmt: skip
+    timer.time_loader(_plain_loader(data, work))  # a loader of its own: same order after
+    train_dl = _plain_loader(data, work)
     fused = fused_adamw(device)  # as lesson 02's AdamW
     optimizer = torch.optim.AdamW(model.parameters(), lr=work["lr"], weight_decay=0.0, fused=fused)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _linear_decay(work["steps"]))
@@ -64,6 +63,8 @@ def trainer(name, model, data, work, device, timer, compile_mode) -> list[float]
             processing_class=data.get("tokenizer"), callbacks=[Timing()],
         )  # fmt: skip
         trainer.remove_callback(PrinterCallback)  # no log dict printed every logging step
+        loader = trainer.get_train_dataloader()  # Accelerate's wrapper of it moves batches too
+        timer.time_loader(getattr(loader, "base_dataloader", loader))
         trainer.train()
     logged = [row["loss"] for row in trainer.state.log_history if "loss" in row]
     return [loss for loss in logged for _ in range(loss_every(work))]
@@ -80,10 +81,8 @@ def fit_fast(name, model, data, work, device, timer, compile_mode) -> list[float
         def on_step_end(self, state):
             timer.step_end()
 
-    train_dl = torch.utils.data.DataLoader(
-        data["fast"], batch_sampler=data["fast_sampler"](), collate_fn=data["fast_collate"],
-        **fast.loader_kwargs(device),
-    )  # fmt: skip
+    timer.time_loader(_fast_loader(data, device))  # each has a freshly seeded sampler
+    train_dl = _fast_loader(data, device)
     cuda, vision = device.type == "cuda", work["task"] == "vision"
     if vision:  # uint8 batches in (a quarter of the bytes), normalized on the device
         model = nn.Sequential(fast.ImageNormalize(*bench_data.IMAGENET, channels_last=cuda), model)
@@ -97,6 +96,20 @@ def fit_fast(name, model, data, work, device, timer, compile_mode) -> list[float
         compile=compile_options,
     )  # fmt: skip
     return history.step_losses
+
+
+def _plain_loader(data, work) -> torch.utils.data.DataLoader:
+    return torch.utils.data.DataLoader(
+        data["plain"], batch_size=work["batch_size"], shuffle=True, collate_fn=data["collate"],
+        generator=torch.Generator().manual_seed(work["seed"]), drop_last=True,
+    )  # fmt: skip
+
+
+def _fast_loader(data, device: torch.device) -> torch.utils.data.DataLoader:
+    return torch.utils.data.DataLoader(
+        data["fast"], batch_sampler=data["fast_sampler"](), collate_fn=data["fast_collate"],
+        **fast.loader_kwargs(device),
+    )  # fmt: skip
 
 
 def _compute_loss(model: nn.Module, batch) -> torch.Tensor:

@@ -15,7 +15,7 @@ import contextlib
 import os
 import sys
 import time
-from itertools import pairwise
+from itertools import islice, pairwise
 
 import torch
 from torch.autograd import DeviceType
@@ -23,6 +23,7 @@ from torch.autograd import DeviceType
 from ftlab.bench_paths import loss_every
 
 PROFILE_STEPS = 10  # one loss read-back window
+LOADER_BATCHES = 10  # batches drawn to time a path's loader alone
 TOP = 8  # operators listed on each side
 LAUNCHES = ("cudaLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernel", "cuLaunchKernelEx")
 
@@ -159,6 +160,21 @@ class StepTimer:
         start = work["steps"] - self.profiled
         self.profiler = StepProfiler(device, start, self.profiled) if profile else None
         self.syncs = {self.warmup_steps, start}
+        self.loader_ms = None  # per batch, when the path timed its loader
+        self.started = time.perf_counter()
+
+    def time_loader(self, loader, batches: int = LOADER_BATCHES) -> None:
+        """Time drawing `batches` batches from `loader` alone, before the path's first step.
+
+        The host's share of a step that no model change can remove: a loop cannot run faster
+        than its loader. Copies to the device are not in it (they are in the step). The clock
+        restarts after it and the CPU random state is put back, so the training that follows
+        is timed and shuffled as it would be without this.
+        """
+        with torch.random.fork_rng(devices=[]):
+            started = time.perf_counter()
+            count = sum(1 for _ in islice(loader, batches))
+            self.loader_ms = (time.perf_counter() - started) * 1e3 / max(count, 1)
         self.started = time.perf_counter()
 
     def step_end(self) -> None:

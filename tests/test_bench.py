@@ -5,17 +5,19 @@ Correctness only: no timing is asserted (numbers depend on the machine and its l
 
 import json
 import math
+import time
 
 import pytest
 import torch
 
-from ftlab import bench, bench_data, bench_timing, fast
+from ftlab import bench, bench_data, bench_paths, bench_timing, fast
 
 TEXT_PATHS = {"plain_fp32", "trainer_default", "ftlab_fit_fast"}
 FIELDS = {
     "samples_per_s", "warmup_s", "steady_s", "total_s", "time_to_target_s", "first_loss",
     "final_loss", "eval_loss", "eval_accuracy", "peak_memory_mb", "peak_memory_kind",
     "ratio_to_trainer", "ratio_to_plain", "slow_steps_after_warmup", "graphs_compiled",
+    "loader_ms_per_batch",
 }  # fmt: skip
 
 
@@ -41,6 +43,7 @@ def test_every_path_ran_with_every_field(results):
             assert FIELDS <= set(path), (task, name, FIELDS - set(path))
             assert path["samples_per_s"] > 0 and path["steady_s"] > 0, (task, name)
             assert path["graphs_compiled"] == 0, (task, name)  # nothing asked for compilation
+            assert path["loader_ms_per_batch"] > 0, (task, name)  # every path timed its loader
             assert 0 < path["warmup_s"] < path["total_s"], (task, name)
             assert 0.0 <= path["eval_accuracy"] <= 1.0 and math.isfinite(path["eval_loss"])
         assert set(results[task]["skipped"]) == {"trainer_bf16", "ftlab_fit_fast_compiled"}
@@ -118,6 +121,51 @@ def test_the_step_timer_counts_the_graphs_each_step_compiled():
     assert timer.graphs == [1, 1, 2]
 
 
+class _SlowImages(torch.utils.data.Dataset):
+    def __len__(self):
+        return 40
+
+    def __getitem__(self, index):
+        time.sleep(0.005)
+        return torch.tensor(float(index))
+
+
+def test_timing_the_loader_measures_it_and_leaves_the_run_as_it_was():
+    loader = torch.utils.data.DataLoader(_SlowImages(), batch_size=4, shuffle=True)
+    torch.manual_seed(0)
+    unseen = [batch.tolist() for batch in loader]  # the order training would see
+    torch.manual_seed(0)
+    next(iter(loader))  # drawing batches moves the random state: another order after it
+    assert [batch.tolist() for batch in loader] != unseen
+    torch.manual_seed(0)
+    timer = bench_timing.StepTimer(torch.device("cpu"), {"steps": 3, "warmup_steps": 1})
+    before = timer.started
+    timer.time_loader(loader, batches=3)
+    assert [batch.tolist() for batch in loader] == unseen  # timed, and the order is kept
+    assert timer.loader_ms >= 4 * 5  # 4 images of 5 ms a batch, at least
+    assert timer.started - before >= 3 * 4 * 0.005  # the clock restarted after the loader
+
+
+class _StepsOnly(bench_timing.StepTimer):
+    def time_loader(self, loader, batches=bench_timing.LOADER_BATCHES):
+        self.loader_ms = None  # the loader is not drawn first
+
+
+@pytest.mark.parametrize("task", ["text", "vision"])
+def test_timing_the_loaders_changes_nothing_a_path_trains(task):
+    cpu = torch.device("cpu")
+    work = bench.work_for("tiny", task, cpu)
+    data = (bench_data.text_data if task == "text" else bench_data.vision_data)(work)
+    for name, run in bench_paths.EAGER.items():
+        losses = {}
+        for timer_class in (bench_timing.StepTimer, _StepsOnly):
+            timer = timer_class(cpu, work)
+            losses[timer_class] = run(name, bench_data.build_model(work, cpu), data, work, cpu,
+                                      timer, None)  # fmt: skip
+            assert (timer.loader_ms is None) == (timer_class is _StepsOnly), name
+        assert losses[bench_timing.StepTimer] == losses[_StepsOnly], (task, name)
+
+
 def test_a_path_without_a_steady_state_has_no_rate_and_says_so():
     path = dict(samples_per_s=None, ratio_to_trainer=None, warmup_s=8.4, time_to_target_s=None,
                 peak_memory_mb=900, eval_accuracy=0.6)  # fmt: skip
@@ -171,6 +219,9 @@ def test_the_recorded_gpu_results_hold_what_the_readme_quotes():
     assert round(text[compiled]["ratio_to_trainer"], 2) == 3.54
     assert round(text[compiled]["projected_ratio_to_trainer"], 2) == 1.67
     assert round(vision[compiled]["ratio_to_plain"], 2) == 4.59
+    plain_ms = cold["vision"]["config"]["batch_size"] / vision["plain_fp32"]["samples_per_s"] * 1e3
+    assert round(plain_ms) == 31  # the plain loop's step; 4,100 img/s: the fp32 figure
+    assert round(vision[compiled]["samples_per_s"] / 4100, 1) == 2.3
     warm = results["h100_2026-11-23_text_warm_cache"]["text"]["paths"][compiled]
     assert round(warm["projected_ratio_to_trainer"], 2) == 3.02
     assert "ftlab bench on NVIDIA H100" in bench.summary(cold)
