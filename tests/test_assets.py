@@ -1,6 +1,7 @@
 import builtins
 import hashlib
 import http.server
+import json
 import threading
 
 import pytest
@@ -136,3 +137,17 @@ def test_missing_offline_extra_names_the_install_command(monkeypatch):
     with pytest.raises(assets.OfflineAssetMissing, match="offline"):
         assets.efficientnet_lite0_file()
     assert "missing" in assets.status()["offline MiniLM"]
+
+
+def test_model_origin_names_the_hub_model_a_card_should_credit(tmp_path):
+    assert assets.model_origin("bert-base-uncased") == "bert-base-uncased"  # a hub name
+    # The offline MiniLM's config.json records the checkpoint it was trained from, not itself.
+    recorded = json.loads((assets.minilm_dir() / "config.json").read_text())["_name_or_path"]
+    assert recorded != assets.MINILM_ORIGIN
+    assert assets.model_origin(assets.minilm_dir()) == assets.MINILM_ORIGIN
+    saved = tmp_path / "saved"  # a folder written by save_pretrained after loading a hub model
+    saved.mkdir()
+    (saved / "config.json").write_text(json.dumps({"_name_or_path": "bert-base-uncased"}))
+    assert assets.model_origin(saved) == "bert-base-uncased"
+    (saved / "config.json").write_text(json.dumps({"model_type": "bert"}))  # nothing recorded
+    assert assets.model_origin(saved) == str(saved)
