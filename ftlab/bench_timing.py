@@ -166,8 +166,8 @@ class StepTimer:
     def time_loader(self, loader, batches: int = LOADER_BATCHES) -> None:
         """Time drawing `batches` batches from `loader` alone, before the path's first step.
 
-        The host's share of a step that no model change can remove: a loop cannot run faster
-        than its loader. Copies to the device are not in it (they are in the step). The clock
+        A loop cannot run faster than its loader, whatever the model does (on a GPU the
+        loader's work can overlap the device's). Copies to the device are not in it. The clock
         restarts after it and the CPU random state is put back, so the training that follows
         is timed and shuffled as it would be without this.
         """
