@@ -13,7 +13,7 @@ import statistics
 
 import torch
 
-from ftlab import bench, bench_data, bench_paths
+from ftlab import bench, bench_data, bench_paths, metrics
 
 PATHS = bench_paths.EAGER  # the eager paths of every bench run
 
@@ -59,13 +59,10 @@ def seed_spread(
 def within_noise(spread: dict, path: str, other: str, metric: str = "eval_loss") -> bool:
     """Whether the two paths' means differ by at most twice the larger seed-to-seed spread.
 
-    Taught in lesson 06. The spread is the standard deviation over seeds (at least 2 needed).
+    Taught in lesson 06: lesson 04's rule (`ftlab.metrics.within_noise`) on `seed_spread`'s
+    results; at least 2 seeds needed.
     """
-    a, b = spread[path][metric], spread[other][metric]
-    if min(len(a), len(b)) < 2:
-        raise ValueError("within_noise needs at least 2 seeds per path to know the noise")
-    noise = max(statistics.stdev(a), statistics.stdev(b))
-    return abs(statistics.mean(a) - statistics.mean(b)) <= 2 * noise
+    return metrics.within_noise(spread[path][metric], spread[other][metric])
 
 
 def spread_summary(spread: dict) -> str:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from ftlab.blocks import Block, blocks, match_parameters, resolve_blocks
+from ftlab.optim import decay_groups
 
 __all__ = [
     "Block", "blocks", "freeze", "unfreeze", "head_only", "last_k", "bias_only", "full",
@@ -234,13 +235,12 @@ def _add_missing_to_optimizer(model: nn.Module, optimizer, scheduler=None) -> No
     """Add trainable parameters the optimizer lacks, following its first group's settings."""
     held = {id(p) for group in optimizer.param_groups for p in group["params"]}
     missing = [p for p in model.parameters() if p.requires_grad and id(p) not in held]
+    if not missing:
+        return
     settings = {k: v for k, v in optimizer.param_groups[0].items() if k != "params"}
-    matrices = [p for p in missing if p.ndim >= 2]
-    vectors = [p for p in missing if p.ndim < 2]  # biases and norm weights: no weight decay
-    for params, decay in ((matrices, settings.get("weight_decay", 0.0)), (vectors, 0.0)):
-        if not params:
-            continue
-        optimizer.add_param_group({**settings, "params": params, "weight_decay": decay})
+    # biases and norm weights get no weight decay (lesson 02)
+    for group in decay_groups([{**settings, "params": missing}], 0.0):
+        optimizer.add_param_group(group)
         if hasattr(scheduler, "base_lrs"):  # LambdaLR and friends keep one base lr per group
             scheduler.base_lrs.append(scheduler.base_lrs[0])
         if hasattr(scheduler, "lr_lambdas"):

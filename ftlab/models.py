@@ -5,6 +5,8 @@ Taught in lesson 02 (text) and lesson 03 (vision).
 
 from __future__ import annotations
 
+import contextlib
+
 from torch import nn
 
 from ftlab.assets import needs_network
@@ -19,7 +21,7 @@ def text_classifier(name_or_path: str, num_labels: int = 2, pretrained: bool = T
     """
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
-    with needs_network(name_or_path):
+    with needs_network(name_or_path), _no_loading_bar():
         tokenizer = AutoTokenizer.from_pretrained(name_or_path)
         if pretrained:
             model = AutoModelForSequenceClassification.from_pretrained(
@@ -29,6 +31,20 @@ def text_classifier(name_or_path: str, num_labels: int = 2, pretrained: bool = T
             config = AutoConfig.from_pretrained(name_or_path, num_labels=num_labels)
             model = AutoModelForSequenceClassification.from_config(config)
     return model, tokenizer
+
+
+@contextlib.contextmanager
+def _no_loading_bar():
+    """Hide transformers' "Loading weights" bar (a second at most; its load report stays)."""
+    from transformers.utils import logging
+
+    shown = logging.is_progress_bar_enabled()
+    logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if shown:
+            logging.enable_progress_bar()
 
 
 def vision_classifier(name: str, num_classes: int | None, pretrained: bool = True) -> nn.Module:

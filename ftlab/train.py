@@ -23,8 +23,12 @@ from ftlab.callbacks import History, StepLog, TrainState, as_early_stopping
 from ftlab.diagnose import device_mismatch_message, out_of_memory_message, preflight
 from ftlab.env import pick_device, pick_precision, seed_everything
 from ftlab.evaluation import AUTOCAST_DTYPES, evaluate, logits_of, predict
+from ftlab.optim import decay_groups, default_optimizer, fused_adamw, make_scheduler
 
-__all__ = ["History", "fit", "evaluate", "predict", "compute_loss", "optimizer_step", "fused_adamw"]
+__all__ = [
+    "History", "fit", "evaluate", "predict", "compute_loss", "optimizer_step", "fused_adamw",
+    "decay_groups",
+]  # fmt: skip
 
 
 def fit(
@@ -229,58 +233,6 @@ def optimizer_step(optimizer, scaler, max_grad_norm: float | None) -> None:
         torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
     scaler.step(optimizer)  # skips the step if fp16 gradients overflowed
     scaler.update()
-
-
-def default_optimizer(model, lr: float, weight_decay: float, device) -> torch.optim.AdamW:
-    """Return AdamW over the trainable parameters; biases and norm weights get no weight decay.
-
-    Fused on CPU and CUDA. Taught in lesson 02.
-    """
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    if not trainable:
-        raise ValueError("the model has no trainable parameters: unfreeze at least the head")
-    groups = [
-        {"params": [p for p in trainable if p.ndim >= 2], "weight_decay": weight_decay},
-        {"params": [p for p in trainable if p.ndim < 2], "weight_decay": 0.0},  # bias, norm
-    ]
-    groups = [group for group in groups if group["params"]]
-    return torch.optim.AdamW(groups, lr=lr, fused=fused_adamw(device))
-
-
-def fused_adamw(device) -> bool:
-    """Whether AdamW can run `fused=True` on `device`: on the CPU and CUDA. Taught in lesson 02.
-
-    Fused, one kernel updates every parameter instead of one small computation per tensor.
-    """
-    return torch.device(device).type in ("cpu", "cuda")
-
-
-def make_scheduler(optimizer, name: str | None, total_steps: int, warmup_ratio: float = 0.0):
-    """Return a per-step schedule: "linear" or "cosine" decay after warm-up, "onecycle", or None.
-
-    None keeps the learning rate constant (after the warm-up, if any). Taught in lesson 02.
-    """
-    warmup_steps = int(warmup_ratio * total_steps)
-    if name == "onecycle":
-        max_lr = [group["lr"] for group in optimizer.param_groups]
-        pct_start = warmup_ratio or 0.3
-        return torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr, total_steps, pct_start=pct_start
-        )
-    shapes = {
-        "linear": lambda progress: max(0.0, 1.0 - progress),
-        "cosine": lambda progress: max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress))),
-        None: lambda progress: 1.0,
-    }
-    if name not in shapes:
-        raise ValueError(f"scheduler must be 'linear', 'cosine', 'onecycle' or None, got {name!r}")
-
-    def factor(step: int) -> float:  # multiplies each group's lr
-        if step < warmup_steps:
-            return step / warmup_steps
-        return shapes[name]((step - warmup_steps) / max(1, total_steps - warmup_steps))
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
 def _is_device_mismatch(error: RuntimeError) -> bool:

@@ -1,9 +1,9 @@
-"""ftlab.metrics against hand-counted cases and scikit-learn (when installed)."""
+"""ftlab.metrics against hand-counted cases and scikit-learn (when installed); the noise rule."""
 
 import pytest
 import torch
 
-from ftlab.metrics import accuracy, confusion_matrix, get_metric, macro_f1
+from ftlab.metrics import accuracy, confusion_matrix, get_metric, macro_f1, within_noise
 
 PREDS = torch.tensor([0, 1, 1, 2, 2, 2, 0])
 LABELS = torch.tensor([0, 1, 2, 2, 2, 0, 0])
@@ -76,3 +76,22 @@ def test_get_metric_accepts_names_and_functions_and_rejects_unknown_names():
     assert get_metric(top_class_share)[0] == "top_class_share"
     with pytest.raises(ValueError, match="unknown metric"):
         get_metric("f1")
+
+
+def test_within_noise_when_the_gap_is_at_most_twice_the_larger_spread():
+    assert within_noise([0.80, 0.84, 0.82], [0.83, 0.85, 0.87])  # gap 0.03, sd 0.02
+    assert within_noise([0.9, 0.9, 0.9], [0.9, 0.9, 0.9])  # equal, no spread at all
+    assert not within_noise([0.80, 0.81, 0.82], [0.90, 0.91, 0.92])  # gap 0.10, sd 0.01
+    assert not within_noise([0.5, 0.5], [0.51, 0.51])  # no spread: any gap is a difference
+
+
+def test_a_noisy_run_is_within_noise_of_a_clearly_different_one():
+    steady = [0.96, 0.96, 0.96]
+    noisy = [0.82, 0.88, 0.94]  # mean 0.88, sd 0.06: its seeds cannot tell it from 0.96
+    assert within_noise(noisy, steady) and within_noise(steady, noisy)
+    assert not within_noise([0.87, 0.88, 0.89], steady)  # the same mean, steady seeds
+
+
+def test_within_noise_needs_two_seeds_per_side():
+    with pytest.raises(ValueError, match="at least 2 seeds.*got 1 and 3"):
+        within_noise([0.9], [0.8, 0.85, 0.9])

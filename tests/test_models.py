@@ -1,9 +1,10 @@
-"""Tests for ftlab.models: vision classifiers, their backbones and heads, ImageNet names."""
+"""Tests for ftlab.models: text and vision classifiers, backbones and heads, ImageNet names."""
 
 import pytest
 import torch
 from torch import nn
 
+from ftlab.assets import minilm_dir
 from ftlab.data.images import eval_transform
 from ftlab.models import (
     backbone_of,
@@ -11,6 +12,7 @@ from ftlab.models import (
     head_of,
     image_normalization,
     imagenet_classes,
+    text_classifier,
     vision_classifier,
 )
 from ftlab.profile import EFFICIENTNET_LITE0
@@ -104,3 +106,22 @@ def test_count_parameters_counts_only_trainable_ones_when_asked():
 def test_head_of_a_model_without_a_head_is_an_error():
     with pytest.raises(ValueError, match="no head"):
         head_of(nn.Sequential(nn.Linear(2, 2)))
+
+
+def test_text_classifier_loads_without_a_progress_bar_and_leaves_the_setting_alone(capfd):
+    from transformers import AutoModelForSequenceClassification
+    from transformers.utils import logging
+
+    AutoModelForSequenceClassification.from_pretrained(minilm_dir(), num_labels=2)
+    assert "Loading weights" in capfd.readouterr().err  # what transformers shows by itself
+    model, tokenizer = text_classifier(minilm_dir(), num_labels=2)
+    output = capfd.readouterr()
+    assert "Loading weights" not in output.err + output.out
+    assert head_of(model).out_features == 2 and tokenizer.vocab_size == 30522
+    assert logging.is_progress_bar_enabled()  # shown again for everything else
+    logging.disable_progress_bar()
+    try:
+        text_classifier(minilm_dir(), num_labels=2)
+        assert not logging.is_progress_bar_enabled()  # a learner's own choice is kept
+    finally:
+        logging.enable_progress_bar()

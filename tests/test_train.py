@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from ftlab.callbacks import EarlyStopping
 from ftlab.train import (
+    decay_groups,
     default_optimizer,
     evaluate,
     fit,
@@ -151,6 +152,26 @@ def test_default_optimizer_skips_frozen_parameters_and_decay_of_biases_and_norms
             assert held[id(p)] == 0.1, name
     with pytest.raises(ValueError, match="no trainable parameters"):
         default_optimizer(mlp().requires_grad_(False), 1e-3, 0.0, "cpu")
+
+
+def test_decay_groups_split_each_group_and_keep_its_other_settings():
+    model = tiny_bert()
+    body, head = list(model.bert.parameters()), list(model.classifier.parameters())
+    groups = decay_groups([{"params": body, "lr": 1e-5}, {"params": head, "lr": 1e-3}], 0.05)
+    assert [(g["lr"], g["weight_decay"]) for g in groups] == [
+        (1e-5, 0.05), (1e-5, 0.0), (1e-3, 0.05), (1e-3, 0.0)
+    ]  # fmt: skip
+    held = [p for g in groups for p in g["params"]]
+    assert sorted(map(id, held)) == sorted(id(p) for p in model.parameters())  # each once
+    for group in groups:
+        assert all((p.ndim >= 2) == (group["weight_decay"] > 0) for p in group["params"])
+    as_list = decay_groups(head, 0.1)  # a plain list of parameters: one group of each kind
+    assert [(len(g["params"]), g["weight_decay"]) for g in as_list] == [(1, 0.1), (1, 0.0)]
+    own = decay_groups([{"params": head, "weight_decay": 0.3}], 0.1)  # a group's own decay wins
+    assert [g["weight_decay"] for g in own] == [0.3, 0.0]
+    assert decay_groups([p for p in head if p.ndim < 2], 0.1) == [
+        {"params": [model.classifier.bias], "weight_decay": 0.0}
+    ]  # no empty group
 
 
 def test_default_optimizer_is_fused_on_cpu_and_cuda_only():
