@@ -212,7 +212,20 @@ class StepLog:
         """Show the epoch's results on its bar and close it."""
         latest = {k: v for k, v in self.state.history.epochs[-1].items() if k != "epoch"}
         self.progress_bar.set_postfix({k: f"{v:.4g}" for k, v in latest.items() if v is not None})
+        if 0 < self.progress_bar.n < (self.progress_bar.total or 0):
+            _end_bar_early(self.progress_bar)
         self.progress_bar.close()
+
+
+def _end_bar_early(bar) -> None:
+    """Make a bar stopped before its total (max_steps, early stopping) end full, not red.
+
+    tqdm's notebook bar turns red ("an error") when it closes short of its total.
+    """
+    bar.total = bar.n
+    container = getattr(bar, "container", None)  # tqdm.notebook's widgets: label, bar, counts
+    if container is not None:
+        container.children[1].max = bar.n
 
 
 class FrozenBatchNormEval:

@@ -1,12 +1,15 @@
-"""Keep every notebook's Colab badge and install cell generated from one repository address.
+"""Course tooling for the notebooks: generated badges and setup cells; settled progress bars.
 
-The address lives in pyproject's `[project.urls] Repository`; `python -m ftlab.nbtools sync
-notebooks/*.ipynb exercises/*.ipynb solutions/*.ipynb` rewrites the tagged cells, and a test
-checks that each badge points at its own file. Not a lesson topic: course tooling.
+The repository address lives in pyproject's `[project.urls] Repository`; `python -m
+ftlab.nbtools sync notebooks/*.ipynb exercises/*.ipynb solutions/*.ipynb` rewrites the tagged
+cells, and a test checks that each badge points at its own file. `python -m ftlab.nbtools
+settle notebooks/*.ipynb`, after a run, gives each stored progress bar its final text. Not a
+lesson topic.
 """
 
 from __future__ import annotations
 
+import html
 import re
 import sys
 from pathlib import Path
@@ -16,6 +19,9 @@ import nbformat
 ROOT = Path(__file__).resolve().parent.parent
 BADGE_TAG = "colab-badge"
 SETUP_TAG = "setup"
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
+TQDM_WIDGETS = ["HTMLModel", "FloatProgressModel", "HTMLModel"]  # label, bar, counts
 BADGE_IMAGE = "https://colab.research.google.com/assets/colab-badge.svg"
 
 
@@ -84,15 +90,53 @@ def header_cells(relative_path: str) -> list:
     return [badge, setup]
 
 
+def settle(path: Path) -> int:
+    """Give each stored tqdm widget the text of its last frame; return how many changed.
+
+    A widget output keeps, for viewers without widgets (GitHub, a text diff), the text of its
+    first frame ("0%|          | 0/63"); the last frame is in the widget state that
+    `jupyter nbconvert --execute` saves in the notebook's metadata.
+    """
+    notebook = nbformat.read(path, as_version=4)
+    state = notebook.metadata.get("widgets", {}).get(WIDGET_STATE, {}).get("state", {})
+    changed = 0
+    for cell in notebook.cells:
+        for output in cell.get("outputs", []):
+            view = output.get("data", {}).get(WIDGET_VIEW)
+            text = view and progress_text(state, view["model_id"])
+            if text and output["data"].get("text/plain") != text:
+                output["data"]["text/plain"], changed = text, changed + 1
+    if changed:
+        nbformat.write(notebook, path)
+    return changed
+
+
+def progress_text(state: dict, model_id: str) -> str | None:
+    """The text line of a stored tqdm widget (a box of label, bar, counts); None for others."""
+    box = state.get(model_id, {})
+    is_box = box.get("model_name") == "HBoxModel"
+    children = box.get("state", {}).get("children", []) if is_box else []
+    parts = [state.get(child.removeprefix("IPY_MODEL_"), {}) for child in children]
+    if [part.get("model_name") for part in parts] != TQDM_WIDGETS:
+        return None
+    label, bar, counts = (part["state"] for part in parts)
+    filled = round(10 * bar["value"] / bar["max"]) if bar.get("max") else 0
+    drawn = "█" * filled + " " * (10 - filled)
+    text = f"{label.get('value', '')}|{drawn}|{counts.get('value', '')}"
+    return html.unescape(text).replace("\u2007", " ")  # tqdm pads with figure spaces
+
+
 def main(argv: list[str] | None = None) -> int:
-    """`python -m ftlab.nbtools sync PATH...`: regenerate badges and setup cells."""
+    """`python -m ftlab.nbtools sync|settle PATH...`: badges and setup cells; progress bars."""
     args = sys.argv[1:] if argv is None else argv
-    if not args or args[0] != "sync":
-        print("usage: python -m ftlab.nbtools sync NOTEBOOK...", file=sys.stderr)
+    if not args or args[0] not in ("sync", "settle"):
+        print("usage: python -m ftlab.nbtools sync|settle NOTEBOOK...", file=sys.stderr)
         return 2
     for name in args[1:]:
-        if sync(Path(name)):
+        if args[0] == "sync" and sync(Path(name)):
             print(f"updated {name}")
+        elif args[0] == "settle" and (count := settle(Path(name))):
+            print(f"{name}: {count} progress bars settled")
     return 0
 
 

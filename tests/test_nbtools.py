@@ -64,3 +64,66 @@ def test_readme_badges_point_at_existing_notebooks():
         assert (ROOT / relative).exists(), f"README badge points at missing {relative}"
     for lesson in sorted((ROOT / "notebooks").glob("*.ipynb")):
         assert f"notebooks/{lesson.name}" in linked, f"README has no badge for {lesson.name}"
+
+
+def _widget_notebook(value, maximum, first_frame="epoch 1/1:   0%|          | 0/6 [00:00<?]"):
+    """A notebook with one tqdm widget output, its state saved as nbconvert saves it."""
+
+    def model(name, **state):
+        return {"model_name": name, "model_module": "@jupyter-widgets/controls", "state": state}
+
+    state = {
+        "box": model(
+            "HBoxModel", children=["IPY_MODEL_label", "IPY_MODEL_bar", "IPY_MODEL_counts"]
+        ),
+        "label": model("HTMLModel", value="epoch\u20071/1:\u2007100%"),
+        "bar": model("FloatProgressModel", value=value, max=maximum),
+        "counts": model("HTMLModel", value="\u20076/6\u2007[00:01&lt;00:00,\u20075.0it/s]"),
+        "slider": model("IntSliderModel", value=3),
+    }
+    view = {"model_id": "box", "version_major": 2, "version_minor": 0}
+    other = {"model_id": "slider", "version_major": 2, "version_minor": 0}
+    cell = nbformat.v4.new_code_cell("fit(...)")
+    cell.outputs = [
+        nbformat.v4.new_output(
+            "display_data", {nbtools.WIDGET_VIEW: view, "text/plain": first_frame}
+        ),
+        nbformat.v4.new_output(
+            "display_data", {nbtools.WIDGET_VIEW: other, "text/plain": "slider"}
+        ),
+    ]
+    notebook = nbformat.v4.new_notebook(cells=[cell])
+    notebook.metadata["widgets"] = {nbtools.WIDGET_STATE: {"state": state}}
+    return notebook
+
+
+def test_settle_gives_a_stored_progress_bar_its_last_frame(tmp_path):
+    path = tmp_path / "lesson.ipynb"
+    nbformat.write(_widget_notebook(6.0, 6.0), path)
+    assert nbtools.settle(path) == 1
+    bar, slider = nbformat.read(path, 4).cells[0].outputs
+    assert bar.data["text/plain"] == "epoch 1/1: 100%|██████████| 6/6 [00:01<00:00, 5.0it/s]"
+    assert slider.data["text/plain"] == "slider"  # not a progress bar: left alone
+    assert nbtools.settle(path) == 0  # settled already: nothing to do
+
+
+def test_settle_leaves_a_notebook_without_saved_widget_state_alone(tmp_path):
+    notebook = _widget_notebook(3.0, 6.0)
+    del notebook.metadata["widgets"]
+    path = tmp_path / "lesson.ipynb"
+    nbformat.write(notebook, path)
+    assert nbtools.settle(path) == 0
+    assert "0/6" in nbformat.read(path, 4).cells[0].outputs[0].data["text/plain"]
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "notebooks").glob("*.ipynb")), ids=lambda p: p.name)
+def test_stored_progress_bars_show_their_last_frame(path):
+    notebook = nbformat.read(path, 4)
+    state = notebook.metadata.get("widgets", {}).get(nbtools.WIDGET_STATE, {}).get("state", {})
+    for cell in notebook.cells:
+        for output in cell.get("outputs", []):
+            view = output.get("data", {}).get(nbtools.WIDGET_VIEW)
+            text = view and nbtools.progress_text(state, view["model_id"])
+            assert not text or output.data["text/plain"] == text, (
+                f"run `python -m ftlab.nbtools settle {path.relative_to(ROOT)}` after executing it"
+            )

@@ -15,6 +15,7 @@ from tiny_models import (
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from ftlab import callbacks
 from ftlab.callbacks import EarlyStopping
 from ftlab.train import (
     decay_groups,
@@ -498,3 +499,25 @@ def test_the_checks_before_training_do_not_change_the_seeded_result():
     fit(model_other_seed, train_dl, seed=4, check=True, **QUIET)
     assert torch.equal(model_checked[0].weight, model_unchecked[0].weight)
     assert not torch.equal(model_checked[0].weight, model_other_seed[0].weight)
+
+
+@pytest.mark.parametrize("max_steps", [2, None])
+def test_a_notebook_bar_ends_full_and_green_also_when_max_steps_stops_the_epoch(
+    monkeypatch, max_steps
+):
+    from tqdm.notebook import tqdm as notebook_tqdm
+
+    bars = []
+
+    def kept_bar(*args, **kwargs):
+        bars.append(notebook_tqdm(*args, **kwargs))
+        return bars[-1]
+
+    monkeypatch.setattr(callbacks, "tqdm", kept_bar)
+    train_dl, _ = loaders()  # 6 batches
+    fit(mlp(), train_dl, lr=1e-2, max_steps=max_steps, seed=0, progress=True, device="cpu")
+    (bar,) = bars
+    done = max_steps or len(train_dl)
+    assert bar.n == bar.total == done  # stopped at 2 of 6: the bar says 2/2, not 2/6
+    label, progress, counts = bar.container.children
+    assert (progress.value, progress.max, progress.bar_style) == (done, done, "success")
