@@ -117,13 +117,8 @@ def test_settle_leaves_a_notebook_without_saved_widget_state_alone(tmp_path):
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "notebooks").glob("*.ipynb")), ids=lambda p: p.name)
-def test_stored_progress_bars_show_their_last_frame(path):
-    notebook = nbformat.read(path, 4)
-    state = notebook.metadata.get("widgets", {}).get(nbtools.WIDGET_STATE, {}).get("state", {})
-    for cell in notebook.cells:
-        for output in cell.get("outputs", []):
-            view = output.get("data", {}).get(nbtools.WIDGET_VIEW)
-            text = view and nbtools.progress_text(state, view["model_id"])
-            assert not text or output.data["text/plain"] == text, (
-                f"run `python -m ftlab.nbtools settle {path.relative_to(ROOT)}` after executing it"
-            )
+def test_stored_progress_bars_show_their_last_frame(path, tmp_path):
+    copy = tmp_path / path.name
+    copy.write_bytes(path.read_bytes())
+    unsettled = nbtools.settle(copy)  # how many bars still showed another frame
+    assert unsettled == 0, f"run `python -m ftlab.nbtools settle {path.relative_to(ROOT)}`"
