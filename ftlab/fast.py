@@ -141,7 +141,8 @@ def compile_model(
     small batches, so pair it with `BucketCollator` and drop_last=True. `dynamic=False` compiles
     one graph per bucket (about 20 s each for BERT-base on an H100); `dynamic=True` compiles
     one graph with a symbolic sequence length for every bucket (CUDA graphs are still recorded
-    per shape). Only the model is compiled; the loop and the optimizer step stay Python.
+    per shape). Only the model is compiled; the loop and the optimizer step stay Python
+    (`fit(cuda_graph=True)`, `ftlab.graphs`, records the whole step).
     """
     if mode not in COMPILE_MODES:
         raise ValueError(f"compile mode must be one of {COMPILE_MODES}, got {mode!r}")

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ftlab import checkpoint, distributed, fast
+from ftlab import checkpoint, distributed, fast, graphs
 from ftlab.batches import batch_size, split_batch, to_device, unpack
 from ftlab.callbacks import History, StepLog, TrainState, as_early_stopping
 from ftlab.diagnose import device_mismatch_message, out_of_memory_message, preflight
@@ -36,7 +36,7 @@ def fit(
     scheduler="linear", warmup_ratio=0.0, weight_decay=0.01, precision="auto", grad_accum_steps=1,
     max_grad_norm=1.0, callbacks=(), checkpoint_dir=None, resume=True, progress=True, seed=None,
     device=None, metrics=("accuracy",), early_stopping=None, check=True, checkpoint_every=None,
-    keep_last=2, oom_retry=False, compile=None, channels_last=False,
+    keep_last=2, oom_retry=False, compile=None, channels_last=False, cuda_graph=False,
 ) -> History:  # fmt: skip
     """Train `model` on `train_dl`, evaluate on `val_dl` after each epoch; return the History.
 
@@ -50,10 +50,15 @@ def fit(
     `early_stopping`: `EarlyStopping(monitor="accuracy", patience=2)` or a dict of its arguments.
     Lesson 06: `compile="default"|"reduce-overhead"` runs the model through `torch.compile`
     (or a dict of `fast.compile_model`'s arguments: `{"mode": "reduce-overhead", "dynamic": True}`);
-    `channels_last=True` stores a CNN's weights NHWC; under `torchrun`/`accelerate launch` the
-    same call trains data-parallel (see `ftlab.distributed`): only rank 0 prints and writes.
+    `channels_last=True` stores a CNN's weights NHWC; `cuda_graph=True` records each batch
+    shape's whole step as a CUDA graph and replays it (`ftlab.graphs`); under `torchrun`/
+    `accelerate launch` the same call trains data-parallel (see `ftlab.distributed`): only rank
+    0 prints and writes.
     """
     device = distributed.local_device(pick_device(device))  # cuda:<local rank> under a launcher
+    if cuda_graph:  # what a replayed step cannot do is refused before any work
+        graphs.check_supported(device, pick_precision(device, precision), grad_accum_steps,
+                               oom_retry, compile, optimizer)  # fmt: skip
     model.to(device)
     if channels_last:
         fast.channels_last(model)
@@ -73,6 +78,8 @@ def fit(
                 checkpoint_every, keep_last)  # fmt: skip
     callbacks = [*callbacks, *filter(None, [as_early_stopping(early_stopping)])]
     state = _new_state(model, optimizer, device, precision, callbacks, seed, oom_retry)
+    if cuda_graph:  # lesson 06: each batch shape's whole step, recorded once and replayed
+        loop.graphed = graphs.GraphedStep(model, optimizer, max_grad_norm, state.precision)
     state.scheduler = make_scheduler(optimizer, scheduler, total_steps, warmup_ratio)
     if checkpoint_dir and resume:
         checkpoint.resume(checkpoint_dir, state, verbose=progress)
@@ -100,6 +107,7 @@ class Loop:
     checkpoint_dir: str | None = None
     checkpoint_every: int | None = None
     keep_last: int = 2
+    graphed: graphs.GraphedStep | None = None  # fit(cuda_graph=True): steps replayed
 
 
 def train_epoch(state: TrainState, train_dl, log: StepLog, loop: Loop) -> None:
@@ -108,26 +116,39 @@ def train_epoch(state: TrainState, train_dl, log: StepLog, loop: Loop) -> None:
     With gradient accumulation the optimizer steps every `grad_accum_steps` batches; the pass
     ends early at `loop.total_steps` or when a callback sets `state.stop`.
     """
-    model, optimizer = state.model, state.optimizer
-    model.train()
+    state.model.train()
     state.call("on_epoch_start")
     num_batches = _num_batches(train_dl)  # None for a loader without a length
     batches = checkpoint.epoch_batches(train_dl, state)  # seeded order, resumable
     for step, batch in enumerate(log.progress(batches, num_batches), state.batch_in_epoch):
         batch = to_device(batch, state.device)
         sync = (step + 1) % loop.grad_accum_steps == 0 or step + 1 == num_batches
-        with distributed.sync_gradients(model, sync):  # several processes: average gradients
-            loss = forward_backward(state, batch, loop.grad_accum_steps)  # autocast, backward
+        loss = train_step(state, batch, loop, sync)  # forward, backward; step and zero_grad
         log.add_batch(loss, batch_size(batch))
         if sync:
-            optimizer_step(optimizer, state.scaler, loop.max_grad_norm)
             state.scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
             state.step, state.batch_in_epoch = state.step + 1, step + 1
             _after_step(state, log, loop)
             if state.step >= loop.total_steps or state.stop:
                 break
     log.flush()
+
+
+def train_step(state: TrainState, batch, loop: Loop, sync: bool) -> torch.Tensor:
+    """Lesson 02's step on one batch; return its detached loss.
+
+    Forward and backward (autocast, scaled), then, at the end of a gradient-accumulation group
+    (`sync`), clip, step and zero_grad. With `fit(cuda_graph=True)` the same step is replayed
+    from a CUDA graph (lesson 06).
+    """
+    if loop.graphed:
+        return loop.graphed(batch)
+    with distributed.sync_gradients(state.model, sync):  # several processes: average gradients
+        loss = forward_backward(state, batch, loop.grad_accum_steps)  # autocast, backward
+    if sync:
+        optimizer_step(state.optimizer, state.scaler, loop.max_grad_norm)
+        state.optimizer.zero_grad(set_to_none=True)
+    return loss
 
 
 def end_epoch(state: TrainState, val_dl, log: StepLog, loop: Loop, seconds: float) -> None:
