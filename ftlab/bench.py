@@ -4,7 +4,8 @@ Taught in lesson 06. The paths: (a) the plain loop of lesson 02 (fp32, every bat
 max_length), (b) Hugging Face `Trainer` with its default arguments, and on CUDA again with
 bf16 (fp16 where bf16 is missing), (c) `ftlab.fit` on the fast path (length-grouped batches,
 lengths bucketed to multiples of 32, uint8 images normalized on the device, channels_last and
-autocast on CUDA), and with `torch.compile` when asked. Models have random weights (BERT-base
+autocast on CUDA), with `torch.compile` when asked, and on CUDA with each batch shape's whole
+step recorded as a CUDA graph (`fit(cuda_graph=True)`). Models have random weights (BERT-base
 config, ResNet-18 `weights=None`), so nothing is downloaded. Each path reports steady-state
 samples/s (warm-up excluded, and reported on its own), time to a target loss, peak memory,
 final loss and accuracy, and its ratio to Trainer. A benchmark, not a test: numbers depend on
@@ -24,7 +25,7 @@ from datetime import datetime, timezone
 
 import torch
 
-from ftlab import bench_data, bench_paths, bench_timing, fast
+from ftlab import bench_data, bench_paths, bench_timing, fast, graphs
 
 SST2_SAMPLES = 200_000  # ≈ 3 epochs of SST-2's 67k sentences: the end-to-end run projected
 SIZES = {  # per size: text and vision work, the same for every path
@@ -176,21 +177,14 @@ def _cell(value: float | None, spec: str, missing: str) -> str:
 
 def _run_task(work: dict, device: torch.device, compile_mode: str | None, profile: bool) -> dict:
     data = bench_data.text_data(work) if work["task"] == "text" else bench_data.vision_data(work)
-    paths = dict(bench_paths.EAGER)  # plain loop, Trainer, fit's fast path
-    if device.type == "cuda":
-        paths["trainer_" + _mixed_precision(device)] = bench_paths.trainer
-    if compile_mode:  # text: one graph per bucket, and one for all (a symbolic length)
-        paths[f"ftlab_fit_fast_compiled_{compile_mode}"] = bench_paths.fit_fast
-        if work["task"] == "text":
-            paths[f"ftlab_fit_fast_compiled_{compile_mode}_dynamic"] = bench_paths.fit_fast
-    results = {}
-    for name, run in paths.items():
-        model = bench_data.build_model(work, device)
-        _reset_peak_memory(device)
-        timer = bench_timing.StepTimer(device, work, profile)
-        losses = run(name, model, data, work, device, timer, compile_mode)
-        timer.finish()
-        results[name] = _path_result(name, work, timer, losses, model, data, device)
+    results, failed = {}, {}
+    for name, run in bench_paths.chosen(work["task"], device, compile_mode).items():
+        try:
+            results[name] = _run_path(name, run, work, data, device, compile_mode, profile)
+        except Exception as error:  # keep the other paths' results of a long GPU run
+            failed[name] = f"{type(error).__name__}: {error}"[:2000]
+            print(f"{work['task']}: {name} FAILED: {failed[name]}", file=sys.stderr)
+            continue
         rate = _cell(results[name]["samples_per_s"], ".1f", "not steady")
         total = results[name]["total_s"]
         print(f"{work['task']}: {name} {rate} samples/s, {total:.1f} s", file=sys.stderr)
@@ -200,7 +194,17 @@ def _run_task(work: dict, device: torch.device, compile_mode: str | None, profil
     config["model"] = "ResNet-18 (weights=None)"
     if work["task"] == "text":
         config["model"] = f"BERT (random weights), {bench_data.bert_config(work).to_diff_dict()}"
-    return {"config": config, "paths": results, "skipped": _skipped(device, compile_mode)}
+    skipped = _skipped(device, compile_mode)
+    return {"config": config, "paths": results, "skipped": skipped, "failed": failed}
+
+
+def _run_path(name, run, work, data, device, compile_mode, profile) -> dict:
+    model = bench_data.build_model(work, device)
+    _reset_peak_memory(device)
+    timer = bench_timing.StepTimer(device, work, profile)
+    losses = run(name, model, data, work, device, timer, compile_mode)
+    timer.finish()
+    return _path_result(name, work, timer, losses, model, data, device)
 
 
 def _path_result(name, work, timer, losses, model, data, device) -> dict:
@@ -250,14 +254,12 @@ def _ratio(numerator: float | None, denominator: float | None) -> float | None:
     return numerator / denominator if numerator and denominator else None
 
 
-def _mixed_precision(device: torch.device) -> str:
-    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-
-
 def _skipped(device: torch.device, compile_mode: str | None) -> dict:
     skipped = {}
     if device.type != "cuda":
         skipped["trainer_bf16"] = "no CUDA: on the CPU every path runs in fp32"
+    if device.type not in graphs.GRAPH_DEVICES:
+        skipped["ftlab_fit_fast_cuda_graph"] = "no CUDA: CUDA graphs need a GPU"
     if not compile_mode:
         skipped["ftlab_fit_fast_compiled"] = "compile off (--compile none; the default on CPU)"
     return skipped

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ftlab import bench_data, fast
+from ftlab import bench_data, fast, graphs
 from ftlab.train import fused_adamw
 
 
@@ -73,7 +73,9 @@ def trainer(name, model, data, work, device, timer, compile_mode) -> list[float]
 def fit_fast(name, model, data, work, device, timer, compile_mode) -> list[float]:
     """ftlab.fit with the fast path: grouped, bucketed batches; compiled if the name says so.
 
-    "..._dynamic" compiles one graph for every bucket (symbolic sequence length), not one each.
+    "..._dynamic" compiles one graph for every bucket (symbolic sequence length), not one each;
+    "..._cuda_graph" records each shape's whole step as a CUDA graph (`fit(cuda_graph=True)`),
+    compiled in Inductor's default mode if the name says so (CUDA graphs are ftlab's own).
     """
     from ftlab.train import fit
 
@@ -86,14 +88,15 @@ def fit_fast(name, model, data, work, device, timer, compile_mode) -> list[float
     cuda, vision = device.type == "cuda", work["task"] == "vision"
     if vision:  # uint8 batches in (a quarter of the bytes), normalized on the device
         model = nn.Sequential(fast.ImageNormalize(*bench_data.IMAGENET, channels_last=cuda), model)
-    compile_options = None
+    cuda_graph, compile_options = name.endswith("_cuda_graph"), None
     if "compiled" in name:
-        compile_options = {"mode": compile_mode, "dynamic": name.endswith("_dynamic")}
+        mode = "default" if cuda_graph else compile_mode
+        compile_options = {"mode": mode, "dynamic": name.endswith("_dynamic")}
     history = fit(
         model, train_dl, lr=work["lr"], max_steps=work["steps"], weight_decay=0.0,
         scheduler="linear", precision="auto", device=device, progress=False, check=False,
         callbacks=[Timing()], seed=work["seed"], channels_last=vision and cuda,
-        compile=compile_options,
+        compile=compile_options, cuda_graph=cuda_graph,
     )  # fmt: skip
     return history.step_losses
 
@@ -134,5 +137,26 @@ def _linear_decay(steps: int):
     return lambda step: max(0.0, 1 - step / steps)
 
 
-# The paths every run times, by name; on CUDA the bench adds Trainer bf16/fp16 and compiled fit.
+# The paths every run times, by name; `chosen` adds the GPU's and the compiled ones.
 EAGER = {"plain_fp32": plain_loop, "trainer_default": trainer, "ftlab_fit_fast": fit_fast}
+
+
+def chosen(task: str, device: torch.device, compile_mode: str | None) -> dict:
+    """The paths to time, by name, in order; the whole-step CUDA graph paths last."""
+    paths = dict(EAGER)  # plain loop, Trainer, fit's fast path
+    if device.type == "cuda":
+        paths["trainer_" + mixed_precision(device)] = trainer
+    if compile_mode:  # text: one graph per bucket, and one for all (a symbolic length)
+        paths[f"ftlab_fit_fast_compiled_{compile_mode}"] = fit_fast
+        if task == "text":
+            paths[f"ftlab_fit_fast_compiled_{compile_mode}_dynamic"] = fit_fast
+    if device.type in graphs.GRAPH_DEVICES:  # eager kernels; with compile, Inductor's
+        paths["ftlab_fit_fast_cuda_graph"] = fit_fast
+        if compile_mode:
+            paths["ftlab_fit_fast_compiled_default_cuda_graph"] = fit_fast
+    return paths
+
+
+def mixed_precision(device: torch.device) -> str:
+    """ "bf16" where the GPU has it, else "fp16" (a T4): Trainer's mixed-precision path."""
+    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"

@@ -47,7 +47,8 @@ def test_every_path_ran_with_every_field(results):
             assert path["loader_ms_per_batch"] > 0, (task, name)  # every path timed its loader
             assert 0 < path["warmup_s"] < path["total_s"], (task, name)
             assert 0.0 <= path["eval_accuracy"] <= 1.0 and math.isfinite(path["eval_loss"])
-        assert set(results[task]["skipped"]) == {"trainer_bf16", "ftlab_fit_fast_compiled"}
+        skipped = {"trainer_bf16", "ftlab_fit_fast_compiled", "ftlab_fit_fast_cuda_graph"}
+        assert set(results[task]["skipped"]) == skipped and results[task]["failed"] == {}
 
 
 def test_ratios_are_computed_from_the_rates(results):
@@ -242,9 +243,50 @@ def test_compiled_paths_text_static_and_dynamic_vision_static(monkeypatch):
     assert modes == [("default", False), ("default", True)]
     graphs = {name: path["graphs_compiled"] for name, path in text["paths"].items()}
     assert graphs[compiled] > graphs[compiled + "_dynamic"] == 1  # a graph per bucket, or one
-    assert set(text["skipped"]) == {"trainer_bf16"}
+    assert set(text["skipped"]) == {"trainer_bf16", "ftlab_fit_fast_cuda_graph"}
     vision = bench.run_bench("cpu", "vision", tiny=True, compile_mode="default")["vision"]
     assert set(vision["paths"]) == TEXT_PATHS | {compiled}  # images: one shape, one graph
+
+
+def test_cuda_graph_paths_run_fit_with_cuda_graph_last(monkeypatch):
+    from ftlab import graphs
+
+    recorded, modes = [], []
+
+    def stand_in(step, pool):  # records nothing: a replay runs the step again (test_graphs.py)
+        loss = torch.zeros(())
+        recorded.append(step)
+        return (lambda: loss.copy_(step())), loss, pool
+
+    compile_model = fast.compile_model
+
+    def eager_compile(model, mode, dynamic=False):
+        modes.append(mode)
+        return compile_model(model, mode, dynamic=dynamic, backend="eager")
+
+    monkeypatch.setattr(graphs, "GRAPH_DEVICES", ("cuda", "cpu"))  # as if this CPU were a GPU
+    monkeypatch.setattr(graphs, "capture_cuda_graph", stand_in)
+    monkeypatch.setattr(graphs, "WARMUP_STEPS", 1)  # 6 tiny steps over up to 4 bucket shapes
+    monkeypatch.setattr(fast, "compile_model", eager_compile)
+    text = bench.run_bench("cpu", "text", tiny=True, compile_mode="reduce-overhead")["text"]
+    graphed = ["ftlab_fit_fast_cuda_graph", "ftlab_fit_fast_compiled_default_cuda_graph"]
+    assert list(text["paths"])[-2:] == graphed and text["failed"] == {}
+    assert modes == ["reduce-overhead", "reduce-overhead", "default"]  # Inductor's own graphs off
+    assert len(recorded) >= 2  # each graphed path recorded at least its first bucket
+    assert all(text["paths"][name]["eval_accuracy"] >= 0 for name in graphed)
+
+
+def test_a_path_that_fails_is_reported_and_the_others_kept(monkeypatch):
+    def broken(name, *args):
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    eager = dict(bench_paths.EAGER, ftlab_fit_fast=broken)
+    monkeypatch.setattr(bench_paths, "EAGER", eager)
+    text = bench.run_bench("cpu", "text", tiny=True)["text"]
+    assert set(text["paths"]) == {"plain_fp32", "trainer_default"}
+    assert text["failed"] == {
+        "ftlab_fit_fast": "RuntimeError: operation not permitted when stream is capturing"
+    }
 
 
 def test_profile_covers_the_last_steps_and_leaves_them_out_of_the_rates():
