@@ -19,6 +19,7 @@ is refused before training by `check_supported`, with what to do instead.
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections import Counter
 from dataclasses import dataclass
 
@@ -58,13 +59,14 @@ def _recordable(optimizer) -> bool:
     return "capturable" in defaults and bool(defaults.get("fused") or defaults["capturable"])
 
 
-def capture_cuda_graph(step, pool):
+def capture_cuda_graph(step, pool, stream):
     """Record `step()` into a new CUDA graph sharing memory `pool`; return (replay, output, pool).
 
-    Recording runs nothing: the graph's first replay is the step's first real run.
+    Recording runs nothing: the graph's first replay is the step's first real run. `stream` is
+    the one the warm-up steps ran on (cuBLAS keeps its handles per stream) and every recording.
     """
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph, pool=pool):
+    with torch.cuda.graph(graph, pool=pool, stream=stream):
         output = step()
     return graph.replay, output, graph.pool()
 
@@ -81,8 +83,9 @@ class Recorded:
 class GraphedStep:
     """`step(batch)` does lesson 02's whole step for one batch and returns the detached loss.
 
-    The first `warmup_steps` batches of each shape run eagerly (on a side stream, as recording
-    needs); the next one records the shape's graph, and from then on its batches are replayed.
+    The first `warmup_steps` batches of each shape run eagerly on a side stream, the one every
+    recording uses too; the next one records the shape's graph, and from then on its batches
+    are replayed.
     `capture` records a step: `capture_cuda_graph`, or a stand-in in the tests.
     """
 
@@ -94,6 +97,7 @@ class GraphedStep:
         self.warmup_steps = WARMUP_STEPS if warmup_steps is None else warmup_steps
         self.max_shapes = MAX_SHAPES if max_shapes is None else max_shapes
         self.device = next(model.parameters()).device
+        self.stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
         self.graphs, self.eager_steps, self.recordings = {}, Counter(), 0
         self.pool, self.trainable, self.lr = None, None, None
 
@@ -120,7 +124,7 @@ class GraphedStep:
         dtype = AUTOCAST_DTYPES[self.precision]
         with torch.autocast(
             self.device.type, dtype=dtype, enabled=self.precision != "fp32", cache_enabled=False
-        ):  # fmt: skip (a cache would outlive the graph)
+        ):  # no autocast cache: its bf16 copies of the weights would outlive a recording
             loss = compute_loss(self.model, batch)
         loss.backward()
         if self.max_grad_norm:
@@ -135,9 +139,9 @@ class GraphedStep:
         self.lr.copy_(torch.tensor(_lrs(self.optimizer)), non_blocking=True)
 
     def _eager_step(self, batch) -> torch.Tensor:
-        with _side_stream(self.device):
+        with _on_stream(self.stream):
             loss = self.step(batch)
-        if self.device.type == "cuda":  # made on the side stream, read on the main one
+        if self.stream is not None:  # made on the side stream, read on the main one
             loss.record_stream(torch.cuda.current_stream(self.device))
         return loss
 
@@ -148,7 +152,8 @@ class GraphedStep:
         for group, lr in zip(groups, self.lr, strict=True):  # AdamW as recorded: it reads
             group["lr"], group["capturable"] = lr, True  # the learning rate from the device
         try:
-            replay, loss, self.pool = self.capture(lambda: self.step(inputs), self.pool)
+            step = functools.partial(self.step, inputs)
+            replay, loss, self.pool = self.capture(step, self.pool, self.stream)
         finally:
             for group, (lr, capturable) in zip(groups, saved, strict=True):
                 group["lr"], group["capturable"] = lr, capturable
@@ -195,12 +200,12 @@ def _mode(compile) -> str | None:
 
 
 @contextlib.contextmanager
-def _side_stream(device: torch.device):
-    """Run the block on a side stream (CUDA): PyTorch records graphs after warm-up done there."""
-    if device.type != "cuda":
+def _on_stream(side):
+    """Run the block on CUDA stream `side`, ordered after and before the main stream's work."""
+    if side is None:  # not CUDA
         yield
         return
-    main, side = torch.cuda.current_stream(device), torch.cuda.Stream(device)
+    main = torch.cuda.current_stream(side.device)
     side.wait_stream(main)
     with torch.cuda.stream(side):
         yield

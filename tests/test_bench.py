@@ -253,7 +253,7 @@ def test_cuda_graph_paths_run_fit_with_cuda_graph_last(monkeypatch):
 
     recorded, modes = [], []
 
-    def stand_in(step, pool):  # records nothing: a replay runs the step again (test_graphs.py)
+    def stand_in(step, pool, stream):  # records nothing: replaying runs the step (test_graphs)
         loss = torch.zeros(())
         recorded.append(step)
         return (lambda: loss.copy_(step())), loss, pool

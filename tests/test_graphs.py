@@ -20,7 +20,7 @@ from ftlab.train import fit
 def stand_in(optimizer, log=None):
     """A `capture` for the CPU: replaying runs the step with the learning rates it recorded."""
 
-    def capture(step, pool):
+    def capture(step, pool, stream):
         recorded_lrs = [group["lr"] for group in optimizer.param_groups]  # tensors, now
         assert all(torch.is_tensor(lr) for lr in recorded_lrs)
         assert all(group["capturable"] for group in optimizer.param_groups)
