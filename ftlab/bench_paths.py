@@ -158,5 +158,5 @@ def chosen(task: str, device: torch.device, compile_mode: str | None) -> dict:
 
 
 def mixed_precision(device: torch.device) -> str:
-    """ "bf16" where the GPU has it, else "fp16" (a T4): Trainer's mixed-precision path."""
+    """Trainer's mixed-precision path: "bf16" where the GPU has it, else "fp16" (a T4)."""
     return "bf16" if torch.cuda.is_bf16_supported() else "fp16"

@@ -37,21 +37,22 @@ def check_supported(device, precision, grad_accum_steps, oom_retry, compile, opt
     """Raise a ValueError that says what to change if `fit(cuda_graph=True)` cannot replay."""
     if torch.device(device).type not in GRAPH_DEVICES:
         raise ValueError(f"cuda_graph=True needs a CUDA GPU; this run is on {device}")
-    problems = {
-        precision == "fp16": "fp16's GradScaler reads its overflow check on the host: use "
-        "precision='bf16' (Ampere or newer) or 'fp32'",
-        grad_accum_steps != 1: "gradient accumulation: use a larger batch, or grad_accum_steps=1",
-        bool(oom_retry): "oom_retry re-splits batches into new shapes: pass oom_retry=False",
-        _mode(compile) == "reduce-overhead": "compile='reduce-overhead' already records CUDA "
-        "graphs: use compile='default' (or none) with cuda_graph=True",
-        distributed.world_size() > 1: "several processes: the gradient exchange is not "
-        "recorded; leave cuda_graph off under torchrun",
-        optimizer is not None and not _recordable(optimizer): f"this {type(optimizer).__name__} "
-        "cannot be recorded: leave optimizer=None (fused AdamW), or build AdamW/Adam with "
-        "fused=True or capturable=True",
-    }
-    if True in problems:
-        raise ValueError(f"cuda_graph=True cannot replay this run: {problems[True]}")
+    problems = [  # (found, what to do instead)
+        (precision == "fp16", "fp16's GradScaler reads its overflow check on the host: use "
+         "precision='bf16' (Ampere or newer) or 'fp32'"),
+        (grad_accum_steps != 1, "gradient accumulation: use a larger batch, or grad_accum_steps=1"),
+        (bool(oom_retry), "oom_retry re-splits batches into new shapes: pass oom_retry=False"),
+        (_mode(compile) == "reduce-overhead", "compile='reduce-overhead' already records CUDA "
+         "graphs: use compile='default' (or none) with cuda_graph=True"),
+        (distributed.world_size() > 1, "several processes: the gradient exchange is not "
+         "recorded; leave cuda_graph off under torchrun"),
+        (optimizer is not None and not _recordable(optimizer), f"this {type(optimizer).__name__} "
+         "cannot be recorded: leave optimizer=None (fused AdamW), or build AdamW/Adam with "
+         "fused=True or capturable=True"),
+    ]  # fmt: skip
+    for found, instead in problems:
+        if found:
+            raise ValueError(f"cuda_graph=True cannot replay this run: {instead}")
 
 
 def _recordable(optimizer) -> bool:
@@ -81,7 +82,7 @@ class Recorded:
 
 
 class GraphedStep:
-    """`step(batch)` does lesson 02's whole step for one batch and returns the detached loss.
+    """Called with a batch: lesson 02's whole step on it; returns the detached loss.
 
     The first `warmup_steps` batches of each shape run eagerly on a side stream, the one every
     recording uses too; the next one records the shape's graph, and from then on its batches
