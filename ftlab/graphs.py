@@ -98,6 +98,7 @@ class GraphedStep:
         self.warmup_steps = WARMUP_STEPS if warmup_steps is None else warmup_steps
         self.max_shapes = MAX_SHAPES if max_shapes is None else max_shapes
         self.device = next(model.parameters()).device
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=False)  # no fp16 here
         self.stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
         self.graphs, self.eager_steps, self.recordings = {}, Counter(), 0
         self.pool, self.trainable, self.lr = None, None, None
@@ -120,7 +121,7 @@ class GraphedStep:
 
     def step(self, batch) -> torch.Tensor:
         """Lesson 02's step, as recorded: autocast forward and loss, backward, clip, step, zero."""
-        from ftlab.train import compute_loss  # train imports this module
+        from ftlab.train import compute_loss, optimizer_step  # train imports this module
 
         dtype = AUTOCAST_DTYPES[self.precision]
         with torch.autocast(
@@ -128,10 +129,7 @@ class GraphedStep:
         ):  # no autocast cache: its bf16 copies of the weights would outlive a recording
             loss = compute_loss(self.model, batch)
         loss.backward()
-        if self.max_grad_norm:
-            params = [p for group in self.optimizer.param_groups for p in group["params"]]
-            torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm)
-        self.optimizer.step()
+        optimizer_step(self.optimizer, self.scaler, self.max_grad_norm)  # clip, step
         self.optimizer.zero_grad(set_to_none=False)  # the graph's gradients stay where they are
         return loss.detach()
 
