@@ -31,6 +31,12 @@ from ftlab.evaluation import AUTOCAST_DTYPES
 WARMUP_STEPS = 3  # eager steps of a shape before it is recorded, as PyTorch's examples do
 MAX_SHAPES = 8  # shapes beyond this many run eagerly: each graph keeps its activations' memory
 GRAPH_DEVICES = ("cuda",)
+RECORDING_FAILED = (
+    "recording the training step as a CUDA graph failed, for batches {shape}: {error}\n"
+    "A recorded step must not make the host wait for a GPU value: no .item(), float(tensor), "
+    "`if tensor:`, .tolist(), print(tensor), .nonzero() or boolean-mask indexing in the model's "
+    "forward or its loss. Remove those, or train without cuda_graph=True."
+)
 
 
 def check_supported(device, precision, grad_accum_steps, oom_retry, compile, optimizer) -> None:
@@ -65,9 +71,12 @@ def capture_cuda_graph(step, pool, stream):
 
     Recording runs nothing: the graph's first replay is the step's first real run. `stream` is
     the one the warm-up steps ran on (cuBLAS keeps its handles per stream) and every recording.
+    Only this thread is held to a recording's rules ("thread_local"): a DataLoader's pin-memory
+    thread may allocate pinned memory meanwhile, which in the default "global" mode would break
+    the recording and the loader with it.
     """
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph, pool=pool, stream=stream):
+    with torch.cuda.graph(graph, pool=pool, stream=stream, capture_error_mode="thread_local"):
         output = step()
     return graph.replay, output, graph.pool()
 
@@ -153,6 +162,10 @@ class GraphedStep:
         try:
             step = functools.partial(self.step, inputs)
             replay, loss, self.pool = self.capture(step, self.pool, self.stream)
+        except RuntimeError as error:  # torch.AcceleratorError is one
+            raise RuntimeError(
+                RECORDING_FAILED.format(shape=shape_key(batch), error=error)
+            ) from error
         finally:
             for group, (lr, capturable) in zip(groups, saved, strict=True):
                 group["lr"], group["capturable"] = lr, capturable

@@ -6,14 +6,22 @@ runs none of the step. The stand-in records nothing; its replay runs the step ag
 graph's input tensors, with AdamW reading the learning-rate tensors it saw while recording.
 So everything around the graph is exercised here (warm-up, shapes, inputs, learning rate,
 gradients kept in place, recording again); the recording itself needs a GPU (`ftlab bench`).
+What would break a recording is checked here too: a step that makes the host wait for a GPU
+value (`.item()`, `if tensor:`), found by the operators it runs while a recording is under way.
 """
+
+import contextlib
 
 import pytest
 import torch
-from tiny_models import blobs, mlp
+from tiny_models import blobs, mlp, tiny_bert
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.data import DataLoader
 
 from ftlab import graphs
+from ftlab.data.images import BatchAugment
+from ftlab.optim import default_optimizer
 from ftlab.train import fit
 
 
@@ -191,3 +199,129 @@ def test_fit_refuses_cuda_graph_on_the_cpu_before_training():
     with pytest.raises(ValueError, match="cuda_graph=True needs a CUDA GPU; this run is on cpu"):
         fit(model, train_dl, device="cpu", progress=False, cuda_graph=True)
     assert all(torch.equal(p, b) for p, b in zip(model.parameters(), before, strict=True))
+
+
+# Operators that make the host wait for a GPU value: .item(), float(t) and `if t:` end in
+# _local_scalar_dense; the others size their output from the data. Each breaks a recording.
+HOST_READS = {"_local_scalar_dense", "nonzero", "masked_select", "_unique2", "unique_dim"}
+
+
+class HostReads(TorchDispatchMode):
+    """Notes every operator run inside it that would make the host wait for the GPU."""
+
+    def __init__(self):
+        super().__init__()
+        self.names = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func._schema.name.split("::")[-1]
+        if name in HOST_READS:
+            self.names.append(name)
+        return func(*args, **(kwargs or {}))
+
+
+def recording_reads(monkeypatch, reads):
+    """A `capture` that runs the step once as a CUDA recording would, noting its host reads.
+
+    Libraries ask `torch.cuda.is_current_stream_capturing()` and skip their host checks while
+    a graph records (transformers' padding-mask shortcut does), so that answers True here.
+    """
+
+    def capture(step, pool, stream):
+        with monkeypatch.context() as patch:
+            patch.setattr(torch.cuda, "is_current_stream_capturing", lambda: True)
+            with reads:
+                loss = step()
+        return (lambda: None), loss, pool
+
+    return capture
+
+
+def _reads_of_a_recording(monkeypatch, model, batch):
+    """Run one eager step and one recording of `model` on `batch`; return both's host reads."""
+    optimizer = default_optimizer(model, lr=1e-3, weight_decay=0.01, device="cpu")
+    eager, recording = HostReads(), HostReads()
+    step = graphs.GraphedStep(
+        model, optimizer, 1.0, "bf16", capture=recording_reads(monkeypatch, recording),
+        warmup_steps=1,
+    )  # fmt: skip
+    with eager:
+        step(batch)  # the warm-up step, eager
+    step(batch)  # recorded (the stand-in's replay does nothing)
+    assert step.recordings == 1
+    return eager.names, recording.names
+
+
+def test_a_recorded_bert_step_never_waits_for_the_gpu(monkeypatch):
+    input_ids = torch.randint(10, 100, (4, 16))
+    attention_mask = torch.ones_like(input_ids)
+    attention_mask[0, 9:] = 0  # padded, as in a bucket
+    batch = {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "labels": torch.arange(4) % 2,
+    }
+    eager, recording = _reads_of_a_recording(monkeypatch, tiny_bert(), batch)
+    assert "_local_scalar_dense" in eager  # eager, transformers checks the mask on the host
+    assert recording == []  # forward, loss, backward, clipping, fused AdamW, zero_grad
+
+
+class CheckedScale(nn.Module):
+    """A model that looks at a value on the host in its forward: it cannot be recorded."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x / 10 if x.abs().max() > 10 else x
+
+
+def test_a_recorded_vision_step_never_waits_for_the_gpu_and_a_host_check_is_found(monkeypatch):
+    from torchvision.models import resnet18
+
+    torch.manual_seed(0)
+    images = torch.randint(0, 256, (4, 3, 20, 20), dtype=torch.uint8)
+    batch = (images, torch.arange(4) % 3)
+    augment = BatchAugment("resnet18", image_size=16)  # random crops drawn on the device
+    _, recording = _reads_of_a_recording(
+        monkeypatch, nn.Sequential(augment, resnet18(num_classes=3)), batch
+    )
+    assert recording == []
+    checked = nn.Sequential(augment, CheckedScale(), resnet18(num_classes=3))
+    _, recording = _reads_of_a_recording(monkeypatch, checked, batch)
+    assert recording == ["_local_scalar_dense"]  # the `if` on a tensor
+
+
+def test_a_failed_recording_says_what_to_remove_and_puts_adamw_back():
+    def failing(step, pool, stream):
+        raise RuntimeError("CUDA error: operation not permitted when stream is capturing")
+
+    step, _, optimizer = _graphed_step(warmup_steps=0)
+    step.capture = failing
+    with pytest.raises(RuntimeError, match=r"(?s)recording the training step.*not permitted.*"
+                       r"no \.item\(\).*without cuda_graph=True") as raised:  # fmt: skip
+        step(_batch(8))
+    assert isinstance(raised.value.__cause__, RuntimeError)
+    for group in optimizer.param_groups:  # as it was built: a float lr, not capturable
+        assert group["lr"] == 1e-2 and not torch.is_tensor(group["lr"])
+        assert group["capturable"] is False
+
+
+def test_a_recording_holds_only_its_own_thread_to_the_rules(monkeypatch):
+    seen = {}
+
+    class Graph:
+        def replay(self):
+            pass
+
+        def pool(self):
+            return "pool"
+
+    @contextlib.contextmanager
+    def recording(graph, **kwargs):
+        seen.update(kwargs)
+        yield
+
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", Graph)
+    monkeypatch.setattr(torch.cuda, "graph", recording)
+    replay, output, pool = graphs.capture_cuda_graph(lambda: "loss", pool=None, stream="side")
+    # "thread_local": a DataLoader's pin-memory thread may allocate pinned memory meanwhile
+    assert seen == {"pool": None, "stream": "side", "capture_error_mode": "thread_local"}
+    assert output == "loss" and pool == "pool" and callable(replay)
