@@ -44,8 +44,9 @@ def check_supported(device, precision, grad_accum_steps, oom_retry, compile, opt
     if torch.device(device).type not in GRAPH_DEVICES:
         raise ValueError(f"cuda_graph=True needs a CUDA GPU; this run is on {device}")
     problems = [  # (found, what to do instead)
-        (precision == "fp16", "fp16's GradScaler reads its overflow check on the host: use "
-         "precision='bf16' (Ampere or newer) or 'fp32'"),
+        (precision == "fp16" and optimizer is not None and not _skips_on_device(optimizer),
+         f"with fp16, GradScaler asks the host whether this {type(optimizer).__name__} may step; "
+         "a fused AdamW decides on the GPU: leave optimizer=None, or pass AdamW(fused=True)"),
         (grad_accum_steps != 1, "gradient accumulation: use a larger batch, or grad_accum_steps=1"),
         (bool(oom_retry), "oom_retry re-splits batches into new shapes: pass oom_retry=False"),
         (_mode(compile) == "reduce-overhead", "compile='reduce-overhead' already records CUDA "
@@ -64,6 +65,11 @@ def check_supported(device, precision, grad_accum_steps, oom_retry, compile, opt
 def _recordable(optimizer) -> bool:
     defaults = optimizer.defaults
     return "capturable" in defaults and bool(defaults.get("fused") or defaults["capturable"])
+
+
+def _skips_on_device(optimizer) -> bool:
+    """Whether `optimizer` skips an overflowed fp16 step itself, on the GPU (fused Adam/AdamW)."""
+    return bool(getattr(optimizer, "_step_supports_amp_scaling", False))
 
 
 def capture_cuda_graph(step, pool, stream):
@@ -99,7 +105,7 @@ class GraphedStep:
     `capture` records a step: `capture_cuda_graph`, or a stand-in in the tests.
     """
 
-    def __init__(self, model, optimizer, max_grad_norm, precision, capture=None,
+    def __init__(self, model, optimizer, max_grad_norm, precision, scaler=None, capture=None,
                  warmup_steps=None, max_shapes=None):  # fmt: skip
         self.model, self.optimizer = model, optimizer
         self.max_grad_norm, self.precision = max_grad_norm, precision
@@ -107,7 +113,9 @@ class GraphedStep:
         self.warmup_steps = WARMUP_STEPS if warmup_steps is None else warmup_steps
         self.max_shapes = MAX_SHAPES if max_shapes is None else max_shapes
         self.device = next(model.parameters()).device
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=False)  # no fp16 here
+        if scaler is None:  # fit passes its own, whose scale its checkpoints keep
+            scaler = torch.amp.GradScaler(self.device.type, enabled=precision == "fp16")
+        self.scaler = scaler
         self.stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
         self.graphs, self.eager_steps, self.recordings = {}, Counter(), 0
         self.pool, self.trainable, self.lr = None, None, None
@@ -129,7 +137,11 @@ class GraphedStep:
         return recorded.loss.clone()  # the next replay overwrites the graph's loss
 
     def step(self, batch) -> torch.Tensor:
-        """Lesson 02's step, as recorded: autocast forward and loss, backward, clip, step, zero."""
+        """Lesson 02's step, as recorded: autocast forward and loss, backward, clip, step, zero.
+
+        With fp16 the loss is scaled and the gradients unscaled before clipping, all on the GPU:
+        a fused AdamW reads GradScaler's overflow flag there and skips an overflowed step itself.
+        """
         from ftlab.train import compute_loss, optimizer_step  # train imports this module
 
         dtype = AUTOCAST_DTYPES[self.precision]
@@ -137,8 +149,8 @@ class GraphedStep:
             self.device.type, dtype=dtype, enabled=self.precision != "fp32", cache_enabled=False
         ):  # no autocast cache: its bf16 copies of the weights would outlive a recording
             loss = compute_loss(self.model, batch)
-        loss.backward()
-        optimizer_step(self.optimizer, self.scaler, self.max_grad_norm)  # clip, step
+        self.scaler.scale(loss).backward()  # scaled only with fp16
+        optimizer_step(self.optimizer, self.scaler, self.max_grad_norm)  # unscale, clip, step
         self.optimizer.zero_grad(set_to_none=False)  # the graph's gradients stay where they are
         return loss.detach()
 

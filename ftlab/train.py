@@ -79,7 +79,8 @@ def fit(
     callbacks = [*callbacks, *filter(None, [as_early_stopping(early_stopping)])]
     state = _new_state(model, optimizer, device, precision, callbacks, seed, oom_retry)
     if cuda_graph:  # lesson 06: each batch shape's whole step, recorded once and replayed
-        loop.graphed = graphs.GraphedStep(model, optimizer, max_grad_norm, state.precision)
+        loop.graphed = graphs.GraphedStep(model, optimizer, max_grad_norm, state.precision,
+                                          state.scaler)  # fmt: skip
     state.scheduler = make_scheduler(optimizer, scheduler, total_steps, warmup_ratio)
     if checkpoint_dir and resume:
         checkpoint.resume(checkpoint_dir, state, verbose=progress)

@@ -51,7 +51,7 @@ def stand_in(optimizer, log=None):
     return capture
 
 
-def _fit(monkeypatch, cuda_graph, log=None):
+def _fit(monkeypatch, cuda_graph, log=None, precision="auto"):
     """Six epochs of blobs in batches of 8 and a last batch of 4: two shapes."""
     torch.manual_seed(0)
     model = mlp()
@@ -61,7 +61,7 @@ def _fit(monkeypatch, cuda_graph, log=None):
     train_dl = DataLoader(blobs(44), batch_size=8, shuffle=True)
     history = fit(
         model, train_dl, optimizer=optimizer, num_epochs=6, warmup_ratio=0.2, seed=0,
-        device="cpu", progress=False, cuda_graph=cuda_graph,
+        device="cpu", progress=False, cuda_graph=cuda_graph, precision=precision,
     )  # fmt: skip
     return model, history
 
@@ -80,6 +80,26 @@ def test_replayed_steps_train_exactly_like_eager_ones(monkeypatch):
         torch.testing.assert_close(mine, theirs)
 
 
+def test_fp16_replays_scale_unscale_and_skip_overflowed_steps_like_eager_ones(monkeypatch):
+    graphed, graphed_history = _fit(monkeypatch, cuda_graph=True, precision="fp16")
+    eager, eager_history = _fit(monkeypatch, cuda_graph=False, precision="fp16")
+    assert graphed_history.step_losses == pytest.approx(eager_history.step_losses, rel=1e-5)
+    for mine, theirs in zip(graphed.parameters(), eager.parameters(), strict=True):
+        torch.testing.assert_close(mine, theirs)
+
+
+def test_an_fp16_step_that_overflows_is_skipped_and_the_scale_halves():
+    step, model, _ = _graphed_step(warmup_steps=0, precision="fp16")
+    before = [p.detach().clone() for p in model.parameters()]
+    x, y = _batch(8)
+    step((x * 1e4, y))  # recorded, then replayed: the scaled gradients overflow fp16
+    assert step.recordings == 1 and step.scaler.get_scale() == 2.0**15
+    assert all(torch.equal(p, b) for p, b in zip(model.parameters(), before, strict=True))
+    step((x, y))  # the same graph, a batch that does not overflow: a real step
+    assert step.scaler.get_scale() == 2.0**15
+    assert not torch.equal(model[0].weight, before[0])
+
+
 def test_a_replay_without_this_steps_learning_rate_would_train_differently(monkeypatch):
     # The learning-rate tensor is filled before each replay; the check above sees it missing.
     monkeypatch.setattr(graphs.GraphedStep, "_fill_lr", lambda self: None)
@@ -89,12 +109,12 @@ def test_a_replay_without_this_steps_learning_rate_would_train_differently(monke
     assert max((a - b).abs().max() for a, b in pairs) > 1e-4
 
 
-def _graphed_step(max_shapes=8, warmup_steps=1):
+def _graphed_step(max_shapes=8, warmup_steps=1, precision="fp32"):
     torch.manual_seed(0)
     model = mlp()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, fused=True)
     step = graphs.GraphedStep(
-        model, optimizer, 1.0, "fp32", capture=stand_in(optimizer),
+        model, optimizer, 1.0, precision, capture=stand_in(optimizer),
         warmup_steps=warmup_steps, max_shapes=max_shapes,
     )  # fmt: skip
     return step, model, optimizer
@@ -168,7 +188,7 @@ GOOD = {"device": "cuda", "precision": "bf16", "grad_accum_steps": 1, "oom_retry
     "change, message",
     [
         ({"device": "cpu"}, "needs a CUDA GPU"),
-        ({"precision": "fp16"}, "GradScaler"),
+        ({"precision": "fp16", "optimizer": "adamw_capturable"}, "GradScaler asks the host"),
         ({"grad_accum_steps": 4}, "gradient accumulation"),
         ({"oom_retry": True}, "oom_retry"),
         ({"compile": "reduce-overhead"}, "compile='default'"),
@@ -183,9 +203,14 @@ def test_what_a_replay_cannot_do_is_refused_with_what_to_change(change, message)
         "sgd": torch.optim.SGD(params, lr=0.1),
         "adamw_foreach": torch.optim.AdamW(params, foreach=True),
         "adamw_fused": torch.optim.AdamW(params, fused=True),
+        "adamw_capturable": torch.optim.AdamW(params, foreach=True, capturable=True),
     }
-    graphs.check_supported(**GOOD)  # the right case passes
-    graphs.check_supported(**{**GOOD, "compile": "default", "optimizer": optimizers["adamw_fused"]})
+    graphs.check_supported(**GOOD)  # the right cases pass
+    fused, capturable = optimizers["adamw_fused"], optimizers["adamw_capturable"]
+    graphs.check_supported(**{**GOOD, "compile": "default", "optimizer": fused})
+    graphs.check_supported(**{**GOOD, "precision": "fp16"})  # fit's own AdamW is fused
+    graphs.check_supported(**{**GOOD, "precision": "fp16", "optimizer": fused})
+    graphs.check_supported(**{**GOOD, "precision": "fp32", "optimizer": capturable})
     arguments = {**GOOD, **change}
     arguments["optimizer"] = optimizers.get(arguments["optimizer"])
     with pytest.raises(ValueError, match=message):
@@ -237,12 +262,12 @@ def recording_reads(monkeypatch, reads):
     return capture
 
 
-def _reads_of_a_recording(monkeypatch, model, batch):
+def _reads_of_a_recording(monkeypatch, model, batch, precision="bf16"):
     """Run one eager step and one recording of `model` on `batch`; return both's host reads."""
     optimizer = default_optimizer(model, lr=1e-3, weight_decay=0.01, device="cpu")
     eager, recording = HostReads(), HostReads()
     step = graphs.GraphedStep(
-        model, optimizer, 1.0, "bf16", capture=recording_reads(monkeypatch, recording),
+        model, optimizer, 1.0, precision, capture=recording_reads(monkeypatch, recording),
         warmup_steps=1,
     )  # fmt: skip
     with eager:
@@ -252,18 +277,31 @@ def _reads_of_a_recording(monkeypatch, model, batch):
     return eager.names, recording.names
 
 
-def test_a_recorded_bert_step_never_waits_for_the_gpu(monkeypatch):
+def _token_batch():
     input_ids = torch.randint(10, 100, (4, 16))
     attention_mask = torch.ones_like(input_ids)
     attention_mask[0, 9:] = 0  # padded, as in a bucket
-    batch = {
-        "input_ids": input_ids,
-        "attention_mask": attention_mask,
-        "labels": torch.arange(4) % 2,
-    }
-    eager, recording = _reads_of_a_recording(monkeypatch, tiny_bert(), batch)
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": torch.arange(4) % 2}
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_a_recorded_bert_step_never_waits_for_the_gpu(monkeypatch, precision):
+    eager, recording = _reads_of_a_recording(monkeypatch, tiny_bert(), _token_batch(), precision)
     assert "_local_scalar_dense" in eager  # eager, transformers checks the mask on the host
-    assert recording == []  # forward, loss, backward, clipping, fused AdamW, zero_grad
+    assert recording == []  # forward, loss, backward, (un)scaling, clipping, AdamW, zero_grad
+
+
+def test_fp16_with_an_unfused_adamw_would_wait_for_the_gpu_so_it_is_refused(monkeypatch):
+    model = tiny_bert()
+    unfused = torch.optim.AdamW(model.parameters(), foreach=True)
+    step, reads = graphs.GraphedStep(model, unfused, 1.0, "fp16"), HostReads()
+    with monkeypatch.context() as patch:
+        patch.setattr(torch.cuda, "is_current_stream_capturing", lambda: True)
+        with reads:
+            step.step(_token_batch())  # the step a recording would run
+    assert "_local_scalar_dense" in reads.names  # GradScaler asks the host: did it overflow?
+    with pytest.raises(ValueError, match="GradScaler asks the host"):
+        graphs.check_supported(**{**GOOD, "precision": "fp16", "optimizer": unfused})
 
 
 class CheckedScale(nn.Module):
