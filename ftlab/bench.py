@@ -227,7 +227,8 @@ def _path_result(name, work, timer, losses, model, data, device) -> dict:
         "steady_s": steady_s,
         "total_s": timer.times[-1],
         "slow_steps_after_warmup": slow_steps,
-        "graphs_compiled": timer.graphs[-1],
+        "graphs_compiled": timer.compiled,
+        "graphs_recorded": timer.recorded,  # fit(cuda_graph=True): one whole step per shape
         "loader_ms_per_batch": timer.loader_ms,
         "time_to_target_s": bench_timing.time_to_target(losses, timer.times, work),
         "projected_s": projected,

@@ -20,6 +20,7 @@ from itertools import islice, pairwise
 import torch
 from torch.autograd import DeviceType
 
+from ftlab import graphs
 from ftlab.bench_paths import loss_every
 
 PROFILE_STEPS = 10  # one loss read-back window
@@ -126,10 +127,10 @@ def steady_window(
     the warm-up steps; that step then takes seconds of compilation instead of milliseconds.
     The steps after warm-up are cut into windows of `every` steps (the loss read-back interval:
     on a GPU the host runs ahead and waits at each read-back, so single steps cannot be
-    compared). A window in which a graph was compiled (`graphs`: `graphs_compiled()` at each
-    step's end) counts as warm-up, and so does one whose steps are `slow` times slower than the
-    median of the windows without compilation (a CUDA graph recorded for a new shape). When
-    every window compiled, nothing was steady: steady-state seconds are 0.
+    compared). A window in which a graph was compiled or a whole step recorded (`graphs`: the
+    count of both at each step's end) counts as warm-up, and so does one whose steps are `slow`
+    times slower than the median of the other windows (e.g. reduce-overhead recording a new
+    shape). When every window compiled, nothing was steady: steady-state seconds are 0.
     """
     ends = list(range(warmup - 1, len(times), every))  # window boundaries (step indices)
     if ends and ends[-1] != len(times) - 1:
@@ -146,7 +147,10 @@ def steady_window(
 
 
 class StepTimer:
-    """Seconds from the path's start to the end of each step, and the graphs compiled by then.
+    """Seconds from the path's start to the end of each step, and the graphs made by then.
+
+    `graphs[i]`: graphs `torch.compile` captured plus whole steps `fit(cuda_graph=True)` recorded
+    by the end of step i; `compiled` and `recorded` count each kind over the whole path.
 
     Syncs CUDA only when it must.
 
@@ -155,7 +159,8 @@ class StepTimer:
 
     def __init__(self, device: torch.device, work: dict, profile: bool = False):
         self.device, self.warmup_steps, self.times = device, work["warmup_steps"], []
-        self.graphs, self.graphs_before = [], graphs_compiled()  # graphs compiled by each step
+        self.graphs, self.compiled, self.recorded = [], 0, 0  # graphs made by each step
+        self.before = (graphs_compiled(), graphs.recordings_made())
         self.profiled = profiled_steps(work["steps"], self.warmup_steps) if profile else 0
         start = work["steps"] - self.profiled
         self.profiler = StepProfiler(device, start, self.profiled) if profile else None
@@ -184,7 +189,9 @@ class StepTimer:
         if len(self.times) + 1 in self.syncs and self.device.type == "cuda":
             torch.cuda.synchronize()
         self.times.append(time.perf_counter() - self.started)
-        self.graphs.append(graphs_compiled() - self.graphs_before)
+        self.compiled = graphs_compiled() - self.before[0]
+        self.recorded = graphs.recordings_made() - self.before[1]
+        self.graphs.append(self.compiled + self.recorded)
         if self.profiler:
             self.profiler.step_end(len(self.times))
 

@@ -31,6 +31,7 @@ from ftlab.evaluation import AUTOCAST_DTYPES
 WARMUP_STEPS = 3  # eager steps of a shape before it is recorded, as PyTorch's examples do
 MAX_SHAPES = 8  # shapes beyond this many run eagerly: each graph keeps its activations' memory
 GRAPH_DEVICES = ("cuda",)
+_RECORDED = Counter()  # whole-step graphs recorded in this process, by every GraphedStep
 RECORDING_FAILED = (
     "recording the training step as a CUDA graph failed, for batches {shape}: {error}\n"
     "A recorded step must not make the host wait for a GPU value: no .item(), float(tensor), "
@@ -182,6 +183,7 @@ class GraphedStep:
             for group, (lr, capturable) in zip(groups, saved, strict=True):
                 group["lr"], group["capturable"] = lr, capturable
         self.recordings += 1
+        _RECORDED["graphs"] += 1
         return Recorded(replay, inputs, loss)
 
     def _trainable(self) -> tuple:
@@ -194,6 +196,11 @@ class GraphedStep:
         self.eager_steps.clear()
         self.trainable = self._trainable()
         self.lr = torch.tensor(_lrs(self.optimizer), device=self.device)
+
+
+def recordings_made() -> int:
+    """How many whole-step graphs have been recorded in this process so far (`ftlab bench`)."""
+    return _RECORDED["graphs"]
 
 
 def shape_key(batch) -> tuple:

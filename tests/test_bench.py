@@ -18,7 +18,7 @@ FIELDS = {
     "samples_per_s", "warmup_s", "steady_s", "total_s", "time_to_target_s", "first_loss",
     "final_loss", "eval_loss", "eval_accuracy", "peak_memory_mb", "peak_memory_kind",
     "ratio_to_trainer", "ratio_to_plain", "slow_steps_after_warmup", "graphs_compiled",
-    "loader_ms_per_batch",
+    "graphs_recorded", "loader_ms_per_batch",
 }  # fmt: skip
 
 
@@ -44,6 +44,7 @@ def test_every_path_ran_with_every_field(results):
             assert FIELDS <= set(path), (task, name, FIELDS - set(path))
             assert path["samples_per_s"] > 0 and path["steady_s"] > 0, (task, name)
             assert path["graphs_compiled"] == 0, (task, name)  # nothing asked for compilation
+            assert path["graphs_recorded"] == 0, (task, name)  # nor for whole-step graphs
             assert path["loader_ms_per_batch"] > 0, (task, name)  # every path timed its loader
             assert 0 < path["warmup_s"] < path["total_s"], (task, name)
             assert 0.0 <= path["eval_accuracy"] <= 1.0 and math.isfinite(path["eval_loss"])
@@ -121,6 +122,18 @@ def test_the_step_timer_counts_the_graphs_each_step_compiled():
         double(torch.ones(size))
         timer.step_end()
     assert timer.graphs == [1, 1, 2]
+    assert timer.compiled == 2 and timer.recorded == 0
+
+
+def test_the_step_timer_counts_whole_steps_recorded_as_graphs_too(monkeypatch):
+    from ftlab import graphs
+
+    timer = bench_timing.StepTimer(torch.device("cpu"), {"steps": 4, "warmup_steps": 1})
+    for step in range(4):
+        if step == 2:  # fit(cuda_graph=True) meets a new shape: it records that step
+            monkeypatch.setitem(graphs._RECORDED, "graphs", graphs.recordings_made() + 1)
+        timer.step_end()
+    assert timer.graphs == [0, 0, 1, 1] and (timer.compiled, timer.recorded) == (0, 1)
 
 
 class _SlowImages(torch.utils.data.Dataset):
@@ -274,6 +287,9 @@ def test_cuda_graph_paths_run_fit_with_cuda_graph_last(monkeypatch):
     assert modes == ["reduce-overhead", "reduce-overhead", "default"]  # Inductor's own graphs off
     assert len(recorded) >= 2  # each graphed path recorded at least its first bucket
     assert all(text["paths"][name]["eval_accuracy"] >= 0 for name in graphed)
+    made = {name: path["graphs_recorded"] for name, path in text["paths"].items()}
+    assert all(made[name] >= 1 for name in graphed) and sum(made.values()) == len(recorded)
+    assert text["paths"]["ftlab_fit_fast_cuda_graph"]["graphs_compiled"] == 0  # nothing compiled
 
 
 def test_a_path_that_fails_is_reported_and_the_others_kept(monkeypatch):
