@@ -245,19 +245,23 @@ class HostReads(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def recording_reads(monkeypatch, reads):
-    """A `capture` that runs the step once as a CUDA recording would, noting its host reads.
+def as_if_recording(monkeypatch, reads, step):
+    """Run `step()` as a CUDA recording would (on the CPU), noting its host reads in `reads`.
 
     Libraries ask `torch.cuda.is_current_stream_capturing()` and skip their host checks while
     a graph records (transformers' padding-mask shortcut does), so that answers True here.
     """
+    with monkeypatch.context() as patch:
+        patch.setattr(torch.cuda, "is_current_stream_capturing", lambda: True)
+        with reads:
+            return step()
+
+
+def recording_reads(monkeypatch, reads):
+    """A `capture` that runs the step once `as_if_recording`; its replay does nothing."""
 
     def capture(step, pool, stream):
-        with monkeypatch.context() as patch:
-            patch.setattr(torch.cuda, "is_current_stream_capturing", lambda: True)
-            with reads:
-                loss = step()
-        return (lambda: None), loss, pool
+        return (lambda: None), as_if_recording(monkeypatch, reads, step), pool
 
     return capture
 
@@ -295,10 +299,7 @@ def test_fp16_with_an_unfused_adamw_would_wait_for_the_gpu_so_it_is_refused(monk
     model = tiny_bert()
     unfused = torch.optim.AdamW(model.parameters(), foreach=True)
     step, reads = graphs.GraphedStep(model, unfused, 1.0, "fp16"), HostReads()
-    with monkeypatch.context() as patch:
-        patch.setattr(torch.cuda, "is_current_stream_capturing", lambda: True)
-        with reads:
-            step.step(_token_batch())  # the step a recording would run
+    as_if_recording(monkeypatch, reads, lambda: step.step(_token_batch()))  # what it would record
     assert "_local_scalar_dense" in reads.names  # GradScaler asks the host: did it overflow?
     with pytest.raises(ValueError, match="GradScaler asks the host"):
         graphs.check_supported(**{**GOOD, "precision": "fp16", "optimizer": unfused})
