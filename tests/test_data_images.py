@@ -94,6 +94,29 @@ def test_batch_augment_train_mode_crops_each_image_differently():
     assert not torch.allclose(out[0], out[1])  # one crop per image, not one per batch
 
 
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_batch_augment_samples_in_float32_under_bf16_autocast(mode):
+    images, augment = random_images(4, 96, 96), BatchAugment("resnet18", 64)
+    augment.train(mode == "train")
+    torch.manual_seed(0)
+    exact = augment(images)
+    torch.manual_seed(0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # fit's fast path trains under autocast
+        out = augment(images)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, exact, rtol=0, atol=0)
+
+
+def test_an_affine_grid_made_under_bf16_autocast_is_rounded_by_a_pixel():
+    # Why BatchAugment leaves autocast: its crops' sampling grid would move by about a pixel.
+    theta = torch.tensor([[[0.9, 0.0, 0.05], [0.0, 0.9, -0.05]]])
+    exact = nn.functional.affine_grid(theta, (1, 3, 224, 224), align_corners=False)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        rounded = nn.functional.affine_grid(theta, (1, 3, 224, 224), align_corners=False)
+    pixels = (rounded.float() - exact).abs().max() * 224 / 2  # grid units: 2 = the image's width
+    assert rounded.dtype == torch.bfloat16 and pixels > 0.4
+
+
 def test_batch_augment_without_augmentation_is_deterministic_in_train_mode():
     images = random_images(4, 48, 48)
     plain = BatchAugment("resnet18", 32, augment=False).train()

@@ -156,12 +156,15 @@ class BatchAugment(nn.Module):
                 f"BatchAugment expects uint8 images (batch, 3, H, W), got {images.dtype} "
                 f"{tuple(images.shape)}; pass the ImageTensors without a transform"
             )
-        x = images.float() / 255  # (batch, 3, H, W) in [0, 1]
-        if self.training and self.augment:
-            x = self._random_resized_crop(x)
-        else:
-            x = self._resize_center_crop(x)
-        return (x - self.mean) / self.std  # (batch, 3, crop, crop)
+        # In float32 even under autocast: in bf16, affine_grid's coordinates would be rounded
+        # to 3 significant digits, about a pixel at 224 px.
+        with torch.autocast(images.device.type, enabled=False):
+            x = images.float() / 255  # (batch, 3, H, W) in [0, 1]
+            if self.training and self.augment:
+                x = self._random_resized_crop(x)
+            else:
+                x = self._resize_center_crop(x)
+            return (x - self.mean) / self.std  # (batch, 3, crop, crop)
 
     def _random_resized_crop(self, x: torch.Tensor) -> torch.Tensor:
         """Sample one crop box (and flip) per image and resample all of them at once."""
