@@ -5,7 +5,8 @@ gradients, AdamW's state and the learning-rate tensor as they are at replay time
 runs none of the step. The stand-in records nothing; its replay runs the step again on the
 graph's input tensors, with AdamW reading the learning-rate tensors it saw while recording.
 So everything around the graph is exercised here (warm-up, shapes, inputs, learning rate,
-gradients kept in place, recording again); the recording itself needs a GPU (`ftlab bench`).
+gradients kept in place, recording again); the recording itself needs a GPU (`ftlab bench`),
+and `test_graphs_replayed.py` replays recorded steps as a GPU would, from a tape of operators.
 What would break a recording is checked here too: a step that makes the host wait for a GPU
 value (`.item()`, `if tensor:`), found by the operators it runs while a recording is under way.
 """
@@ -14,6 +15,7 @@ import contextlib
 
 import pytest
 import torch
+from graph_tape import HOST_READS
 from tiny_models import blobs, mlp, tiny_bert
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -224,11 +226,6 @@ def test_fit_refuses_cuda_graph_on_the_cpu_before_training():
     with pytest.raises(ValueError, match="cuda_graph=True needs a CUDA GPU; this run is on cpu"):
         fit(model, train_dl, device="cpu", progress=False, cuda_graph=True)
     assert all(torch.equal(p, b) for p, b in zip(model.parameters(), before, strict=True))
-
-
-# Operators that make the host wait for a GPU value: .item(), float(t) and `if t:` end in
-# _local_scalar_dense; the others size their output from the data. Each breaks a recording.
-HOST_READS = {"_local_scalar_dense", "nonzero", "masked_select", "_unique2", "unique_dim"}
 
 
 class HostReads(TorchDispatchMode):
