@@ -82,21 +82,40 @@ class Tape(TorchDispatchMode):
 
 
 def record(step, monkeypatch):
-    """Record `step()` on a tape, as `graphs.capture_cuda_graph` does on a GPU; return both.
+    """Record `step()` on a tape, as `graphs.capture_cuda_graph` does on a GPU; return both."""
+    tape, rng = Tape(), torch.get_rng_state()
+    try:
+        output = as_if_recording(monkeypatch, tape, step)
+    finally:
+        tape.undo()
+        torch.set_rng_state(rng)  # a replay draws the random numbers the recording drew
+    return tape, output
+
+
+def as_if_recording(monkeypatch, mode, step):
+    """Run `step()` under dispatch `mode` as a CUDA recording would run it; return its output.
 
     Libraries ask `torch.cuda.is_current_stream_capturing()` and skip their host checks while
-    a graph records (transformers' padding-mask shortcut does), so it answers True meanwhile.
+    a graph records (transformers' padding-mask shortcut does), so that answers True here.
     """
-    tape, rng = Tape(), torch.get_rng_state()
     with monkeypatch.context() as patch:
         patch.setattr(torch.cuda, "is_current_stream_capturing", lambda: True)
-        try:
-            with tape:
-                output = step()
-        finally:
-            tape.undo()
-            torch.set_rng_state(rng)  # a replay draws the random numbers the recording drew
-    return tape, output
+        with mode:
+            return step()
+
+
+class HostReads(TorchDispatchMode):
+    """Notes every operator run inside it that would make the host wait for the GPU."""
+
+    def __init__(self):
+        super().__init__()
+        self.names = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func._schema.name.split("::")[-1]
+        if name in HOST_READS:
+            self.names.append(name)
+        return func(*args, **(kwargs or {}))
 
 
 def tape_capture(monkeypatch, tapes=None):

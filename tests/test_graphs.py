@@ -15,10 +15,9 @@ import contextlib
 
 import pytest
 import torch
-from graph_tape import HOST_READS
+from graph_tape import HostReads, as_if_recording
 from tiny_models import blobs, mlp, tiny_bert
 from torch import nn
-from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.data import DataLoader
 
 from ftlab import graphs
@@ -226,32 +225,6 @@ def test_fit_refuses_cuda_graph_on_the_cpu_before_training():
     with pytest.raises(ValueError, match="cuda_graph=True needs a CUDA GPU; this run is on cpu"):
         fit(model, train_dl, device="cpu", progress=False, cuda_graph=True)
     assert all(torch.equal(p, b) for p, b in zip(model.parameters(), before, strict=True))
-
-
-class HostReads(TorchDispatchMode):
-    """Notes every operator run inside it that would make the host wait for the GPU."""
-
-    def __init__(self):
-        super().__init__()
-        self.names = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        name = func._schema.name.split("::")[-1]
-        if name in HOST_READS:
-            self.names.append(name)
-        return func(*args, **(kwargs or {}))
-
-
-def as_if_recording(monkeypatch, reads, step):
-    """Run `step()` as a CUDA recording would (on the CPU), noting its host reads in `reads`.
-
-    Libraries ask `torch.cuda.is_current_stream_capturing()` and skip their host checks while
-    a graph records (transformers' padding-mask shortcut does), so that answers True here.
-    """
-    with monkeypatch.context() as patch:
-        patch.setattr(torch.cuda, "is_current_stream_capturing", lambda: True)
-        with reads:
-            return step()
 
 
 def recording_reads(monkeypatch, reads):
