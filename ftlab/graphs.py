@@ -112,6 +112,11 @@ class GraphedStep:
         self.max_grad_norm, self.precision = max_grad_norm, precision
         self.capture = capture or capture_cuda_graph
         self.warmup_steps = WARMUP_STEPS if warmup_steps is None else warmup_steps
+        if self.warmup_steps < 1:  # a recording would make them anew at every replay
+            raise ValueError(
+                f"warmup_steps must be at least 1, got {self.warmup_steps}: the first eager step "
+                "makes AdamW's state and GradScaler's scale, which a recording must find in place"
+            )
         self.max_shapes = MAX_SHAPES if max_shapes is None else max_shapes
         self.device = next(model.parameters()).device
         if scaler is None:  # fit passes its own, whose scale its checkpoints keep

@@ -20,6 +20,7 @@ in bf16. That is how it found `F.affine_grid` rounding BatchAugment's crops unde
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
@@ -81,24 +82,24 @@ class Tape(TorchDispatchMode):
                     recorded.copy_(results[index])
 
 
-def record(step, monkeypatch):
+def record(step):
     """Record `step()` on a tape, as `graphs.capture_cuda_graph` does on a GPU; return both."""
     tape, rng = Tape(), torch.get_rng_state()
     try:
-        output = as_if_recording(monkeypatch, tape, step)
+        output = as_if_recording(tape, step)
     finally:
         tape.undo()
         torch.set_rng_state(rng)  # a replay draws the random numbers the recording drew
     return tape, output
 
 
-def as_if_recording(monkeypatch, mode, step):
+def as_if_recording(mode, step):
     """Run `step()` under dispatch `mode` as a CUDA recording would run it; return its output.
 
     Libraries ask `torch.cuda.is_current_stream_capturing()` and skip their host checks while
     a graph records (transformers' padding-mask shortcut does), so that answers True here.
     """
-    with monkeypatch.context() as patch:
+    with pytest.MonkeyPatch.context() as patch:
         patch.setattr(torch.cuda, "is_current_stream_capturing", lambda: True)
         with mode:
             return step()
@@ -118,11 +119,11 @@ class HostReads(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def tape_capture(monkeypatch, tapes=None):
+def tape_capture(tapes=None):
     """A `capture` for `graphs.GraphedStep` that records on a `Tape` (kept in `tapes`)."""
 
     def capture(step, pool, stream):
-        tape, output = record(step, monkeypatch)
+        tape, output = record(step)
         if tapes is not None:
             tapes.append(tape)
         return tape.replay, output, pool

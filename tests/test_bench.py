@@ -10,6 +10,7 @@ import time
 
 import pytest
 import torch
+from graph_tape import tape_capture
 
 from ftlab import bench, bench_data, bench_paths, bench_timing, fast
 
@@ -265,12 +266,6 @@ def test_cuda_graph_paths_run_fit_with_cuda_graph_last(monkeypatch):
     from ftlab import graphs
 
     recorded, modes = [], []
-
-    def stand_in(step, pool, stream):  # records nothing: replaying runs the step (test_graphs)
-        loss = torch.zeros(())
-        recorded.append(step)
-        return (lambda: loss.copy_(step())), loss, pool
-
     compile_model = fast.compile_model
 
     def eager_compile(model, mode, dynamic=False):
@@ -278,7 +273,7 @@ def test_cuda_graph_paths_run_fit_with_cuda_graph_last(monkeypatch):
         return compile_model(model, mode, dynamic=dynamic, backend="eager")
 
     monkeypatch.setattr(graphs, "GRAPH_DEVICES", ("cuda", "cpu"))  # as if this CPU were a GPU
-    monkeypatch.setattr(graphs, "capture_cuda_graph", stand_in)
+    monkeypatch.setattr(graphs, "capture_cuda_graph", tape_capture(recorded))
     monkeypatch.setattr(graphs, "WARMUP_STEPS", 1)  # 6 tiny steps over up to 4 bucket shapes
     monkeypatch.setattr(fast, "compile_model", eager_compile)
     text = bench.run_bench("cpu", "text", tiny=True, compile_mode="reduce-overhead")["text"]

@@ -1,12 +1,11 @@
-"""Tests for ftlab.graphs: whole-step CUDA graphs, checked on the CPU with a stand-in recorder.
+"""Tests for ftlab.graphs: whole-step CUDA graphs, checked on the CPU with a tape of operators.
 
 A CUDA graph replays the kernels it recorded: it reads its input tensors, the weights, the
 gradients, AdamW's state and the learning-rate tensor as they are at replay time, and Python
-runs none of the step. The stand-in records nothing; its replay runs the step again on the
-graph's input tensors, with AdamW reading the learning-rate tensors it saw while recording.
-So everything around the graph is exercised here (warm-up, shapes, inputs, learning rate,
-gradients kept in place, recording again); the recording itself needs a GPU (`ftlab bench`),
-and `test_graphs_replayed.py` replays recorded steps as a GPU would, from a tape of operators.
+runs none of the step. `graph_tape.Tape` keeps those rules on the CPU, so everything around
+the graph is exercised here (warm-up, shapes, inputs, learning rate, gradients kept in place,
+recording again); `test_graphs_replayed.py` trains BERT and ResNet-18 that way. A real
+recording needs a GPU (`ftlab bench`).
 What would break a recording is checked here too: a step that makes the host wait for a GPU
 value (`.item()`, `if tensor:`), found by the operators it runs while a recording is under way.
 """
@@ -15,7 +14,7 @@ import contextlib
 
 import pytest
 import torch
-from graph_tape import HostReads, as_if_recording
+from graph_tape import HostReads, as_if_recording, tape_capture
 from tiny_models import blobs, mlp, tiny_bert
 from torch import nn
 from torch.utils.data import DataLoader
@@ -26,39 +25,13 @@ from ftlab.optim import default_optimizer
 from ftlab.train import fit
 
 
-def stand_in(optimizer, log=None):
-    """A `capture` for the CPU: replaying runs the step with the learning rates it recorded."""
-
-    def capture(step, pool, stream):
-        recorded_lrs = [group["lr"] for group in optimizer.param_groups]  # tensors, now
-        assert all(torch.is_tensor(lr) for lr in recorded_lrs)
-        assert all(group["capturable"] for group in optimizer.param_groups)
-        loss = torch.zeros(())
-
-        def replay():
-            floats = [group["lr"] for group in optimizer.param_groups]
-            for group, lr in zip(optimizer.param_groups, recorded_lrs, strict=True):
-                group["lr"] = lr
-            try:
-                loss.copy_(step())
-            finally:
-                for group, lr in zip(optimizer.param_groups, floats, strict=True):
-                    group["lr"] = lr
-
-        if log is not None:
-            log.append(step)
-        return replay, loss, "pool"
-
-    return capture
-
-
 def _fit(monkeypatch, cuda_graph, log=None, precision="auto"):
     """Six epochs of blobs in batches of 8 and a last batch of 4: two shapes."""
     torch.manual_seed(0)
     model = mlp()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, fused=True)
     monkeypatch.setattr(graphs, "GRAPH_DEVICES", ("cuda", "cpu"))
-    monkeypatch.setattr(graphs, "capture_cuda_graph", stand_in(optimizer, log))
+    monkeypatch.setattr(graphs, "capture_cuda_graph", tape_capture(log))
     train_dl = DataLoader(blobs(44), batch_size=8, shuffle=True)
     history = fit(
         model, train_dl, optimizer=optimizer, num_epochs=6, warmup_ratio=0.2, seed=0,
@@ -90,9 +63,10 @@ def test_fp16_replays_scale_unscale_and_skip_overflowed_steps_like_eager_ones(mo
 
 
 def test_an_fp16_step_that_overflows_is_skipped_and_the_scale_halves():
-    step, model, _ = _graphed_step(warmup_steps=0, precision="fp16")
-    before = [p.detach().clone() for p in model.parameters()]
+    step, model, _ = _graphed_step(warmup_steps=1, precision="fp16")
     x, y = _batch(8)
+    step((x, y))  # eager: makes AdamW's state and the scale (2^16)
+    before = [p.detach().clone() for p in model.parameters()]
     step((x * 1e4, y))  # recorded, then replayed: the scaled gradients overflow fp16
     assert step.recordings == 1 and step.scaler.get_scale() == 2.0**15
     assert all(torch.equal(p, b) for p, b in zip(model.parameters(), before, strict=True))
@@ -115,7 +89,7 @@ def _graphed_step(max_shapes=8, warmup_steps=1, precision="fp32"):
     model = mlp()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, fused=True)
     step = graphs.GraphedStep(
-        model, optimizer, 1.0, precision, capture=stand_in(optimizer),
+        model, optimizer, 1.0, precision, capture=tape_capture(),
         warmup_steps=warmup_steps, max_shapes=max_shapes,
     )  # fmt: skip
     return step, model, optimizer
@@ -124,6 +98,34 @@ def _graphed_step(max_shapes=8, warmup_steps=1, precision="fp32"):
 def _batch(rows, seed=0):
     x, y = blobs(rows, seed=seed).tensors
     return x, y
+
+
+def test_adamw_is_recorded_capturable_reading_the_learning_rate_tensor():
+    seen = []
+
+    def capture(step, pool, stream):  # what AdamW is like while the step records
+        seen.extend((group["lr"], group["capturable"]) for group in optimizer.param_groups)
+        return tape_capture()(step, pool, stream)
+
+    step, _, optimizer = _graphed_step(warmup_steps=1)
+    step.capture = capture
+    step(_batch(8))  # eager
+    step(_batch(8))  # recorded
+    ((lr, capturable),) = seen
+    assert capturable and torch.is_tensor(lr) and lr.data_ptr() == step.lr.data_ptr()
+    assert optimizer.param_groups[0]["lr"] == 1e-2 and not optimizer.param_groups[0]["capturable"]
+
+
+def test_a_shape_is_never_recorded_before_an_eager_step_that_makes_adamws_state():
+    with pytest.raises(ValueError, match="warmup_steps must be at least 1"):
+        _graphed_step(warmup_steps=0)
+    for warmup_steps, adamw_steps in [(1, 3), (0, 1)]:  # 0: what the check refuses
+        step, _, optimizer = _graphed_step(warmup_steps=1)
+        step.warmup_steps = warmup_steps
+        for seed in range(3):
+            step(_batch(8, seed=seed))
+        # recorded first, AdamW's state is made anew by every replay: its step count stays 1
+        assert all(int(state["step"]) == adamw_steps for state in optimizer.state.values())
 
 
 def test_each_shape_warms_up_then_replays_and_extra_shapes_stay_eager():
@@ -137,7 +139,7 @@ def test_each_shape_warms_up_then_replays_and_extra_shapes_stay_eager():
 
 
 def test_replays_return_their_own_loss_not_the_graphs():
-    step, _, _ = _graphed_step(warmup_steps=0)
+    step, _, _ = _graphed_step(warmup_steps=1)
     first, second = step(_batch(8, seed=0)), step(_batch(8, seed=1))
     recorded = step.graphs[graphs.shape_key(_batch(8))].loss
     assert first is not recorded and second is not recorded
@@ -227,11 +229,11 @@ def test_fit_refuses_cuda_graph_on_the_cpu_before_training():
     assert all(torch.equal(p, b) for p, b in zip(model.parameters(), before, strict=True))
 
 
-def recording_reads(monkeypatch, reads):
+def recording_reads(reads):
     """A `capture` that runs the step once `as_if_recording`; its replay does nothing."""
 
     def capture(step, pool, stream):
-        return (lambda: None), as_if_recording(monkeypatch, reads, step), pool
+        return (lambda: None), as_if_recording(reads, step), pool
 
     return capture
 
@@ -241,12 +243,12 @@ def _reads_of_a_recording(monkeypatch, model, batch, precision="bf16"):
     optimizer = default_optimizer(model, lr=1e-3, weight_decay=0.01, device="cpu")
     eager, recording = HostReads(), HostReads()
     step = graphs.GraphedStep(
-        model, optimizer, 1.0, precision, capture=recording_reads(monkeypatch, recording),
+        model, optimizer, 1.0, precision, capture=recording_reads(recording),
         warmup_steps=1,
     )  # fmt: skip
     with eager:
         step(batch)  # the warm-up step, eager
-    step(batch)  # recorded (the stand-in's replay does nothing)
+    step(batch)  # recorded (this replay does nothing)
     assert step.recordings == 1
     return eager.names, recording.names
 
@@ -269,7 +271,7 @@ def test_fp16_with_an_unfused_adamw_would_wait_for_the_gpu_so_it_is_refused(monk
     model = tiny_bert()
     unfused = torch.optim.AdamW(model.parameters(), foreach=True)
     step, reads = graphs.GraphedStep(model, unfused, 1.0, "fp16"), HostReads()
-    as_if_recording(monkeypatch, reads, lambda: step.step(_token_batch()))  # what it would record
+    as_if_recording(reads, lambda: step.step(_token_batch()))  # what it would record
     assert "_local_scalar_dense" in reads.names  # GradScaler asks the host: did it overflow?
     with pytest.raises(ValueError, match="GradScaler asks the host"):
         graphs.check_supported(**{**GOOD, "precision": "fp16", "optimizer": unfused})
@@ -302,8 +304,9 @@ def test_a_failed_recording_says_what_to_remove_and_puts_adamw_back():
     def failing(step, pool, stream):
         raise RuntimeError("CUDA error: operation not permitted when stream is capturing")
 
-    step, _, optimizer = _graphed_step(warmup_steps=0)
+    step, _, optimizer = _graphed_step(warmup_steps=1)
     step.capture = failing
+    step(_batch(8))  # eager
     with pytest.raises(RuntimeError, match=r"(?s)recording the training step.*not permitted.*"
                        r"no \.item\(\).*without cuda_graph=True") as raised:  # fmt: skip
         step(_batch(8))

@@ -1,11 +1,10 @@
 """`fit(cuda_graph=True)` with every recorded step replayed from a tape (tests/graph_tape.py).
 
 On a GPU a replay runs the recorded kernels and no Python. The tape keeps that rule on the CPU,
-so these tests check what `test_graphs.py`'s stand-in (which runs the step's Python again)
-cannot: that lesson 02's step for BERT and for ResNet-18, replayed as recorded, trains exactly as
-eager steps do (dropout, a learning-rate schedule, fp16 scaling, BatchNorm statistics, random
-crops drawn on the device included), and that a value the host works out each step would
-indeed be frozen by a replay, so the comparison can fail.
+so these tests check that lesson 02's step for BERT and for ResNet-18, replayed as recorded,
+trains exactly as eager steps do (dropout, a learning-rate schedule, fp16 scaling, BatchNorm
+statistics, random crops drawn on the device included), and that a value the host works out
+each step would indeed be frozen by a replay, so the comparison can fail.
 """
 
 import pytest
@@ -54,7 +53,7 @@ def resnet():
 
 def _fit(monkeypatch, make_model, loader, cuda_graph, precision, tapes=None, epochs=6, **kwargs):
     monkeypatch.setattr(graphs, "GRAPH_DEVICES", ("cuda", "cpu"))
-    monkeypatch.setattr(graphs, "capture_cuda_graph", tape_capture(monkeypatch, tapes))
+    monkeypatch.setattr(graphs, "capture_cuda_graph", tape_capture(tapes))
     model = make_model()
     options = {"lr": 1e-3, "warmup_ratio": 0.2, **kwargs}  # warm-up, then linear decay
     history = fit(
@@ -162,7 +161,7 @@ def test_a_recording_leaves_no_trace_and_each_replay_is_one_more_step(monkeypatc
 
     def capture(step, pool, stream):  # snapshots around the tape's recording
         seen["before"], rng = _snapshot(model, graphed), torch.get_rng_state()
-        recorded = tape_capture(monkeypatch, tapes)(step, pool, stream)
+        recorded = tape_capture(tapes)(step, pool, stream)
         seen["after"], seen["rng kept"] = (
             _snapshot(model, graphed),
             torch.equal(rng, torch.get_rng_state()),
