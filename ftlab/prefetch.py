@@ -70,7 +70,7 @@ def _text_dataset(name: str, dest: str | None) -> str:
     if dest is None:
         return name
     folder = Path(dest) / name.replace("/", "__").replace(":", "__")
-    dataset.save_to_disk(folder)
+    dataset.save_to_disk(str(folder))  # a str: older datasets hand the path to fsspec as it is
     return str(folder)
 
 

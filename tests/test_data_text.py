@@ -50,7 +50,7 @@ def test_toy_reviews_exposes_its_test_split_as_validation():
 
 
 def test_local_folder_keeps_validation_and_drops_the_unlabelled_test_split(tmp_path):
-    _sst2_like().save_to_disk(tmp_path / "sst2")
+    _sst2_like().save_to_disk(str(tmp_path / "sst2"))
     loaded = load_text_dataset(str(tmp_path / "sst2"))
     assert set(loaded) == {"train", "validation"}
     assert loaded["validation"][:]["sentence"] == ["superb", "tedious"]
@@ -58,14 +58,14 @@ def test_local_folder_keeps_validation_and_drops_the_unlabelled_test_split(tmp_p
 
 def test_an_unlabelled_evaluation_split_is_refused(tmp_path):
     data = _sst2_like()
-    DatasetDict({"train": data["train"], "test": data["test"]}).save_to_disk(tmp_path / "d")
+    DatasetDict({"train": data["train"], "test": data["test"]}).save_to_disk(str(tmp_path / "d"))
     with pytest.raises(ValueError, match="no labels"):
         load_text_dataset(str(tmp_path / "d"))
 
 
 def test_missing_column_error_names_the_columns_that_exist(tmp_path):
     data = _sst2_like().rename_column("sentence", "text")
-    data.save_to_disk(tmp_path / "d")
+    data.save_to_disk(str(tmp_path / "d"))
     with pytest.raises(ValueError, match=r"no column 'sentence'.*\['text', 'label', 'idx'\]"):
         load_text_dataset(str(tmp_path / "d"))
     loaded = load_text_dataset(str(tmp_path / "d"), text_column="text")
@@ -76,13 +76,13 @@ def test_missing_column_error_names_the_columns_that_exist(tmp_path):
 
 def test_missing_splits_are_explained(tmp_path):
     data = _sst2_like()
-    data["train"].save_to_disk(tmp_path / "single")
+    data["train"].save_to_disk(str(tmp_path / "single"))
     with pytest.raises(ValueError, match="single split"):
         load_text_dataset(str(tmp_path / "single"))
-    DatasetDict({"train": data["train"]}).save_to_disk(tmp_path / "no_eval")
+    DatasetDict({"train": data["train"]}).save_to_disk(str(tmp_path / "no_eval"))
     with pytest.raises(ValueError, match="no evaluation split"):
         load_text_dataset(str(tmp_path / "no_eval"))
-    DatasetDict({"validation": data["validation"]}).save_to_disk(tmp_path / "no_train")
+    DatasetDict({"validation": data["validation"]}).save_to_disk(str(tmp_path / "no_train"))
     with pytest.raises(ValueError, match="no 'train' split"):
         load_text_dataset(str(tmp_path / "no_train"))
 

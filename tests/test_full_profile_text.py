@@ -41,7 +41,7 @@ def _sst2_standin(folder):
             "validation": split(reviews["test"][:24]),
             "test": split(reviews["test"][24:], unlabelled=True),
         }
-    ).save_to_disk(folder)
+    ).save_to_disk(str(folder))  # a str: older datasets hand the path to fsspec as it is
 
 
 def _bert_base_standin(folder):

@@ -4,6 +4,7 @@ import importlib
 import inspect
 import pkgutil
 import re
+from pathlib import Path
 
 import ftlab
 
@@ -41,3 +42,38 @@ def test_every_public_function_and_class_has_a_docstring():
         and not obj.__doc__
     ]
     assert missing == []
+
+
+TORCH_PINNED = {"torch", "torchvision"}  # .ci/floors keeps CI's local wheels (.ci/constraints.txt)
+
+
+def floor_mismatches(pyproject: str, floors: str) -> list[str]:
+    """What differs between pyproject's `name>=version` floors and .ci/floors.txt's pins."""
+    from packaging.version import Version
+
+    dependencies = pyproject.split("dependencies = [", 1)[1].split("]", 1)[0]
+    wanted = dict(re.findall(r'"([A-Za-z0-9_.-]+)>=([0-9.]+)"', dependencies))
+    pinned = dict(re.findall(r"^([A-Za-z0-9_.-]+)==([0-9.]+)$", floors, flags=re.M))
+    return [
+        f"{name}: pyproject >={floor}, .ci/floors.txt =={pinned.get(name)}"
+        for name, floor in wanted.items()
+        if name not in TORCH_PINNED
+        and (name not in pinned or Version(pinned[name]) != Version(floor))
+    ]
+
+
+def test_the_floors_run_by_ci_floors_are_pyprojects_floors():
+    root = Path(__file__).parents[1]
+    pyproject = (root / "pyproject.toml").read_text()
+    floors = (root / ".ci" / "floors.txt").read_text()
+    assert floor_mismatches(pyproject, floors) == []
+    assert "transformers==5.0.0" in floors  # the comparison reads real pins, not nothing
+    # a floor raised in pyproject without .ci/floors.txt is caught, and so is one left out
+    raised = pyproject.replace('"datasets>=2.19"', '"datasets>=3.0"')
+    assert floor_mismatches(raised, floors) == [
+        "datasets: pyproject >=3.0, .ci/floors.txt ==2.19.0"
+    ]
+    dropped = floors.replace("timm==0.9.16\n", "")
+    assert floor_mismatches(pyproject, dropped) == [
+        "timm: pyproject >=0.9.16, .ci/floors.txt ==None"
+    ]
