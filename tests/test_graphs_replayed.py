@@ -1,7 +1,7 @@
 """`fit(cuda_graph=True)` with every recorded step replayed from a tape (tests/graph_tape.py).
 
 On a GPU a replay runs the recorded kernels and no Python. The tape keeps that rule on the CPU,
-so these tests check that lesson 02's step for BERT and for ResNet-18, replayed as recorded,
+so these tests check that lesson 02's step for an MLP, BERT and ResNet-18, replayed as recorded,
 trains exactly as eager steps do (dropout, a learning-rate schedule, fp16 scaling, BatchNorm
 statistics, random crops drawn on the device included), and that a value the host works out
 each step would indeed be frozen by a replay, so the comparison can fail.
@@ -10,7 +10,7 @@ each step would indeed be frozen by a replay, so the comparison can fail.
 import pytest
 import torch
 from graph_tape import tape_capture
-from tiny_models import NUM_LABELS, TinyCNN, image_batch, tiny_bert
+from tiny_models import NUM_LABELS, TinyCNN, blobs, image_batch, mlp, tiny_bert
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -44,6 +44,11 @@ def image_loader(n=36):
     return DataLoader(TensorDataset(images, torch.arange(n) % 3), batch_size=8, shuffle=True)
 
 
+def blobs_loader():
+    """44 blobs in batches of 8 and a last one of 4: two shapes."""
+    return DataLoader(blobs(44), batch_size=8, shuffle=True)
+
+
 def resnet():
     from torchvision.models import resnet18
 
@@ -73,6 +78,27 @@ def _assert_same_training(graphed, eager, tolerance):
 
 def _replays(tapes) -> int:
     return sum(tape.replays for tape in tapes)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_an_mlp_fit_replayed_uses_each_steps_learning_rate(monkeypatch, precision):
+    tapes = []
+    graphed = _fit(monkeypatch, mlp, blobs_loader, True, precision, tapes, lr=1e-2)
+    eager = _fit(monkeypatch, mlp, blobs_loader, False, precision, lr=1e-2)
+    # 36 steps, 6 per epoch; each shape ran 3 eager steps, every later step was a replay
+    assert len(eager[1].step_losses) == 36 and len(tapes) == 2 and _replays(tapes) == 30
+    # warm-up then linear decay: the lr changed every step, and replays used each step's lr
+    assert len({row["lr"] for row in graphed[1].steps}) == 36
+    _assert_same_training(graphed, eager, TOLERANCE[precision])
+
+
+def test_a_replay_without_this_steps_learning_rate_would_train_differently(monkeypatch):
+    # The learning-rate tensor is filled before each replay; left unfilled, training differs.
+    monkeypatch.setattr(graphs.GraphedStep, "_fill_lr", lambda self: None)
+    graphed = _fit(monkeypatch, mlp, blobs_loader, True, "fp32", lr=1e-2)
+    eager = _fit(monkeypatch, mlp, blobs_loader, False, "fp32", lr=1e-2)
+    pairs = zip(graphed[0].parameters(), eager[0].parameters(), strict=True)
+    assert max((a - b).abs().max() for a, b in pairs) > 1e-4
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])
