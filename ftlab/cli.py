@@ -25,8 +25,8 @@ def main(argv: list[str] | None = None) -> int:
 def _doctor(args: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="ftlab doctor", description="Report the environment.")
     parser.parse_args(args)
-    from ftlab.env import doctor
-    from ftlab.profile import banner
+    from ftlab.setup.env import doctor
+    from ftlab.setup.settings import banner
 
     banner()
     doctor()
@@ -34,19 +34,19 @@ def _doctor(args: list[str]) -> int:
 
 
 def _prefetch(args: list[str]) -> int:
-    from ftlab.prefetch import main as prefetch_main
+    from ftlab.setup.prefetch import main as prefetch_main
 
     return prefetch_main(args)
 
 
 def _bench(args: list[str]) -> int:
-    from ftlab.bench import main as bench_main
+    from ftlab.bench.run import main as bench_main
 
     return bench_main(args)
 
 
 def _exercises(args: list[str]) -> int:
-    from ftlab.grading import main as grading_main
+    from ftlab.exercises.grading import main as grading_main
 
     return grading_main(args)
 

@@ -1,7 +1,8 @@
 """Choose what to train: freeze by name pattern or by depth, in any model, with one API.
 
 A model is seen as an ordered list of blocks, found from its structure rather than
-hard-coded per architecture (`ftlab.blocks`): stem first, head last; `blocks=` overrides this.
+hard-coded per architecture (`ftlab.models.blocks`): stem first, head last; `blocks=`
+overrides this.
 Patterns are globs matched against parameter names and the names of the modules that contain
 them: "classifier", "bert.encoder.layer.5", "*.bias".
 
@@ -16,11 +17,11 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from ftlab.blocks import Block, blocks, match_parameters, resolve_blocks
-from ftlab.optim import decay_groups
+from ftlab.models.blocks import match_parameters, resolve_blocks
+from ftlab.training.optim import decay_groups
 
 __all__ = [
-    "Block", "blocks", "freeze", "unfreeze", "head_only", "last_k", "bias_only", "full",
+    "freeze", "unfreeze", "head_only", "last_k", "bias_only", "full",
     "GradualUnfreezing", "layerwise_lr_groups", "discriminative_lr_groups", "TrainableReport",
     "trainable_report",
 ]  # fmt: skip

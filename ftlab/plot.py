@@ -13,7 +13,7 @@ import math
 import matplotlib.pyplot as plt
 import torch
 
-from ftlab.callbacks import History
+from ftlab.training.state import History
 
 MISTAKE_COLOR, CORRECT_COLOR = "tab:red", "black"
 

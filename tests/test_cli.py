@@ -2,7 +2,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from ftlab import cli, prefetch
+from ftlab import cli
+from ftlab.setup import prefetch
 
 
 def test_doctor_command_prints_banner_and_report(capsys):

@@ -7,7 +7,8 @@ import torch
 from torch import nn
 
 from ftlab import freeze as fz
-from ftlab.models import count_parameters
+from ftlab.models.blocks import blocks
+from ftlab.models.classifiers import count_parameters
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +74,7 @@ def trainable_names(model):
 
 
 def test_blocks_bert(bert):
-    found = fz.blocks(bert)
+    found = blocks(bert)
     assert names(found) == [
         "bert.embeddings",
         "bert.encoder.layer.0",
@@ -84,13 +85,13 @@ def test_blocks_bert(bert):
 
 
 def test_blocks_resnet(resnet):
-    found = fz.blocks(resnet)
+    found = blocks(resnet)
     assert names(found) == ["conv1 + bn1", "layer1", "layer2", "layer3", "layer4", "fc"]
     assert_partition(resnet, found)
 
 
 def test_blocks_timm_efficientnet(effnet):
-    found = fz.blocks(effnet)
+    found = blocks(effnet)
     stages = [f"blocks.{i}" for i in range(6)]
     assert names(found) == [
         "conv_stem + bn1",
@@ -104,27 +105,27 @@ def test_blocks_timm_efficientnet(effnet):
 def test_blocks_put_direct_parameters_in_the_stem():
     model = TinyNet()
     model.cls_token = nn.Parameter(torch.zeros(8))  # like a ViT's class token
-    found = fz.blocks(model)
+    found = blocks(model)
     assert names(found) == ["stem", "layers.0", "layers.1", "layers.2", "head"]
     assert "cls_token" in found[0].parameter_names
     assert_partition(model, found)
 
 
 def test_blocks_override(bert):
-    found = fz.blocks(
+    found = blocks(
         bert, override=[["bert.embeddings", "bert.encoder.*"], "bert.pooler", "classifier"]
     )
     assert names(found) == ["bert.embeddings + bert.encoder.*", "bert.pooler", "classifier"]
     assert found[1].parameter_names == ("bert.pooler.dense.weight", "bert.pooler.dense.bias")
     with pytest.raises(ValueError, match="is in block"):
-        fz.blocks(bert, override=["bert.encoder.*", "bert.encoder.layer.0", "classifier"])
+        blocks(bert, override=["bert.encoder.*", "bert.encoder.layer.0", "classifier"])
     with pytest.raises(ValueError, match="closest names"):
-        fz.blocks(bert, override=["bert.embedings", "classifier"])
+        blocks(bert, override=["bert.embedings", "classifier"])
 
 
 def test_blocks_of_a_model_without_parameters():
     with pytest.raises(ValueError, match="no parameters"):
-        fz.blocks(nn.ReLU())
+        blocks(nn.ReLU())
 
 
 def test_freeze_and_unfreeze_by_module_name_and_glob(bert):
@@ -201,7 +202,7 @@ def test_full_unfreezes_everything(effnet):
 def test_trainable_report_matches_counts(bert):
     fz.last_k(bert, 1)
     report = fz.trainable_report(bert)
-    assert [row[0] for row in report.rows] == names(fz.blocks(bert))
+    assert [row[0] for row in report.rows] == names(blocks(bert))
     assert report.total == count_parameters(bert)
     assert report.trainable == count_parameters(bert, trainable_only=True)
     assert report.rows[0][1] == 0 and report.rows[-1][1] == report.rows[-1][2]
@@ -213,7 +214,7 @@ def test_trainable_report_matches_counts(bert):
 def test_layerwise_lr_groups_cover_trainable_params_once(bert):
     fz.full(bert)
     groups = fz.layerwise_lr_groups(bert, lr=1e-3, decay=0.5)
-    assert [g["name"] for g in groups] == names(fz.blocks(bert))
+    assert [g["name"] for g in groups] == names(blocks(bert))
     assert [g["lr"] for g in groups] == pytest.approx([1e-3 * 0.5**3, 2.5e-4, 5e-4, 1e-3])
     ids = [id(p) for g in groups for p in g["params"]]
     assert sorted(ids) == sorted(id(p) for p in bert.parameters())
@@ -236,7 +237,7 @@ def test_discriminative_lr_groups(resnet):
     groups = fz.discriminative_lr_groups(resnet, lrs)
     assert [g["lr"] for g in groups] == lrs
     by_name = fz.discriminative_lr_groups(
-        resnet, dict(zip(names(fz.blocks(resnet)), lrs, strict=True))
+        resnet, dict(zip(names(blocks(resnet)), lrs, strict=True))
     )
     assert [g["lr"] for g in by_name] == lrs
     with pytest.raises(ValueError, match="got 2 lrs for 6 blocks"):
@@ -295,7 +296,7 @@ class Snapshots:
 
 @pytest.mark.parametrize("setup", ["fit_builds_optimizer", "adamw_on_all", "frozen_before_fit"])
 def test_gradual_unfreezing_with_fit_changes_only_unfrozen_blocks(setup):
-    from ftlab.train import fit
+    from ftlab.training.loop import fit
 
     torch.manual_seed(0)
     x = torch.randn(64, 4)

@@ -11,12 +11,12 @@ import pytest
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
 
 import ftlab
-from ftlab.assets import minilm_dir
 from ftlab.data import offline
 from ftlab.data.text import hub_dataset_args, load_text_dataset, text_loaders
-from ftlab.models import text_classifier
-from ftlab.profile import LESSONS
-from ftlab.train import fit
+from ftlab.models.classifiers import text_classifier
+from ftlab.setup.assets import minilm_dir
+from ftlab.setup.settings import LESSONS
+from ftlab.training.loop import fit
 
 SST2_FEATURES = Features(
     {

@@ -14,10 +14,10 @@ from PIL import Image
 from torch import nn
 
 import ftlab
-from ftlab.assets import NetworkNeeded
 from ftlab.data import pets
 from ftlab.data.images import BatchAugment, compute_features, image_loaders, load_image_dataset
-from ftlab.models import backbone_of, head_of, vision_classifier
+from ftlab.models.classifiers import backbone_of, head_of, vision_classifier
+from ftlab.setup.assets import NetworkNeeded
 
 BREEDS = ["Abyssinian", "great_pyrenees"]  # a cat (capitalised) and a dog, as in Pets
 

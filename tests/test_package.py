@@ -1,6 +1,7 @@
-"""The package's own rules: ftlab holds only what a lesson taught, and says which lesson; the
-dependency floors it declares are the versions `.ci/floors` runs."""
+"""The package's own rules: library and tooling apart by folder, no import cycles, one home per
+name, every lesson module names its lesson; the floors it declares are what `.ci/floors` runs."""
 
+import ast
 import importlib
 import inspect
 import pkgutil
@@ -9,25 +10,108 @@ from pathlib import Path
 
 import ftlab
 
-TOOLING = {  # infrastructure for instructors and the course itself, taught in no lesson
-    "ftlab.checks", "ftlab.cli", "ftlab.exercise_build", "ftlab.grade_batch", "ftlab.grade_kernel",
-    "ftlab.grading",
-    "ftlab.nbtools",
-}  # fmt: skip
+PACKAGE = Path(ftlab.__file__).parent
+TOOLING = (
+    "bench",
+    "exercises",
+    "cli",
+)  # folders (and cli.py) of course tooling, taught in no lesson
 LESSON = re.compile(r"[Ll]essons? \d\d")
+
+
+def is_tooling(module: str) -> bool:
+    """Whether `module` (e.g. "ftlab.exercises.grade") lies in a tooling folder."""
+    parts = module.split(".")
+    return len(parts) > 1 and parts[1] in TOOLING
 
 
 def modules():
     for info in pkgutil.walk_packages(ftlab.__path__, "ftlab."):
-        if not info.name.startswith("ftlab.checks."):  # the checks are data for grading
+        if ".checks." not in info.name:  # the exercises' checks are data for grading
             yield importlib.import_module(info.name)
 
 
+def imports_of(path: Path) -> set[str]:
+    """The ftlab modules a source file imports, at any depth (inside functions too)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("ftlab"):
+            found.add(node.module)
+            for alias in node.names:  # `from ftlab.training import loop` imports a module
+                if (
+                    (PACKAGE.parent / (node.module + "." + alias.name).replace(".", "/"))
+                    .with_suffix(".py")
+                    .exists()
+                ):
+                    found.add(f"{node.module}.{alias.name}")
+        elif isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names if alias.name.startswith("ftlab")}
+    return found
+
+
+def import_graph() -> dict[str, set[str]]:
+    graph = {}
+    for path in PACKAGE.rglob("*.py"):
+        name = ".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+        graph[name.removesuffix(".__init__")] = imports_of(path)
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Import cycles between modules (package __init__ re-exports aside)."""
+    found, done = [], set()
+
+    def visit(module, path):
+        if module in path:
+            found.append(path[path.index(module) :] + [module])
+            return
+        if module in done:
+            return
+        for target in sorted(graph.get(module, ())):
+            if target != "ftlab" and target in graph:
+                visit(target, [*path, module])
+        done.add(module)
+
+    for module in sorted(graph):
+        visit(module, [])
+    return found
+
+
+def test_no_module_imports_a_module_that_imports_it_back():
+    assert cycles(import_graph()) == []
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == [["a", "b", "c", "a"]]  # finds one
+
+
+def test_the_library_never_imports_course_tooling():
+    graph = import_graph()
+    library = [module for module in graph if not is_tooling(module) and module != "ftlab"]
+    reaching = {m: sorted(t for t in graph[m] if is_tooling(t)) for m in library}
+    assert {m: t for m, t in reaching.items() if t} == {}
+    assert is_tooling("ftlab.exercises.grade") and not is_tooling("ftlab.training.loop")
+
+
+def test_every_public_name_has_one_home():
+    """Package __init__ files (ftlab's own short list aside) hold no names; no module lists
+    another's names in __all__; the repository imports each name from its home."""
+    misplaced = []
+    for module in modules():
+        for name, obj in vars(module).items():
+            home = getattr(obj, "__module__", None)
+            if name.startswith("_") or not callable(obj) or not (home or "").startswith("ftlab"):
+                continue
+            reexported = (
+                name in getattr(module, "__all__", ())
+                or module.__name__ != "ftlab"
+                and (module.__file__.endswith("__init__.py"))
+            )
+            if home != module.__name__ and reexported and not inspect.ismodule(obj):
+                misplaced.append(f"{module.__name__}.{name} (home: {home})")
+    assert misplaced == []
+
+
 def test_every_lesson_module_names_the_lesson_that_teaches_it():
-    unnamed = [m.__name__ for m in modules() if m.__name__ not in TOOLING]
-    unnamed = [
-        name for name in unnamed if not LESSON.search(importlib.import_module(name).__doc__ or "")
-    ]
+    library = [m for m in modules() if not is_tooling(m.__name__) and m.__name__ != "ftlab"]
+    unnamed = [m.__name__ for m in library if not LESSON.search(m.__doc__ or "")]
     assert unnamed == []
     assert not LESSON.search("the engine of the course")  # the pattern is not trivially true
 

@@ -10,7 +10,7 @@ import torch  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from ftlab import plot  # noqa: E402
-from ftlab.callbacks import History  # noqa: E402
+from ftlab.training.state import History  # noqa: E402
 
 
 def history_of(num_epochs=3, steps_per_epoch=4, with_val=True):

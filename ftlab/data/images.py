@@ -15,53 +15,14 @@ Taught in lesson 03.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ftlab.profile import EFFICIENTNET_LITE0
-
-
-class ImageTensors(torch.utils.data.Dataset):
-    """Images decoded once into a uint8 tensor (N, 3, H, W), with labels and class names."""
-
-    def __init__(
-        self,
-        images: torch.Tensor,
-        labels: torch.Tensor,
-        classes: list[str],
-        transform: Callable | None = None,
-    ):
-        if images.dtype != torch.uint8 or images.ndim != 4:
-            shape = tuple(images.shape)
-            raise ValueError(f"images must be uint8 (N, C, H, W), got {images.dtype} {shape}")
-        if len(images) != len(labels):
-            raise ValueError(f"{len(images)} images but {len(labels)} labels")
-        self.images, self.labels, self.classes, self.transform = images, labels, classes, transform
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        image = self.images[index]
-        if self.transform is not None:
-            image = self.transform(image)
-        return image, self.labels[index]
-
-    def with_transform(self, transform: Callable | None) -> ImageTensors:
-        """Return the same images and labels seen through another transform."""
-        return ImageTensors(self.images, self.labels, self.classes, transform)
-
-    def subset(self, count: int | None, seed: int = 0) -> ImageTensors:
-        """Return `count` images drawn at random with every class kept (all of them if None)."""
-        if count is None or count >= len(self):
-            return self
-        order = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))
-        keep = order[:count].sort().values
-        return ImageTensors(self.images[keep], self.labels[keep], self.classes, self.transform)
+from ftlab.data.image_tensors import ImageTensors
+from ftlab.setup.settings import EFFICIENTNET_LITE0
 
 
 @dataclass(frozen=True)
@@ -209,7 +170,7 @@ def compute_features(
     `torch.inference_mode()`; it must return (batch, features), e.g. `models.backbone_of(model)`.
     The result is a `TensorDataset(features, labels)` on the CPU to train a head on.
     """
-    from ftlab.env import pick_device
+    from ftlab.setup.env import pick_device
 
     device = torch.device(device) if device is not None else pick_device()
     was_training = backbone.training
@@ -222,7 +183,7 @@ def compute_features(
             if out.ndim != 2:
                 raise ValueError(
                     f"the backbone returned shape {tuple(out.shape)}; it must return pooled "
-                    "features (batch, feature_dim): use ftlab.models.backbone_of(model)"
+                    "features (batch, feature_dim): use ftlab.models.classifiers.backbone_of(model)"
                 )
             features.append(out.float().cpu())
             labels.append(batch_labels.cpu())

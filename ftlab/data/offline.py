@@ -17,7 +17,7 @@ import random
 import numpy as np
 import torch
 
-from ftlab.data.images import ImageTensors
+from ftlab.data.image_tensors import ImageTensors
 
 LABELS = ["negative", "positive"]
 TRAIN_ADJECTIVES = {

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from ftlab.data.images import ImageTensors
+from ftlab.data.image_tensors import ImageTensors
 
 SPLITS = ("trainval", "test")
 
@@ -44,7 +44,7 @@ def _torchvision_pets(root: Path, split: str, size: int):
     from torchvision.datasets import OxfordIIITPet
     from torchvision.transforms import v2
 
-    from ftlab.assets import needs_network
+    from ftlab.setup.assets import needs_network
 
     decode = v2.Compose([v2.PILToTensor(), v2.Resize(size, antialias=True), v2.CenterCrop(size)])
     with needs_network(f"Oxford-IIIT Pets into {root}"):
@@ -63,6 +63,6 @@ def _decode_all(dataset, num_workers) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _default_root() -> Path:
-    from ftlab.assets import data_dir
+    from ftlab.setup.assets import data_dir
 
     return data_dir() / "oxford_iiit_pet"

@@ -1,0 +1,2 @@
+"""Training (lesson 02): `fit`, `evaluate`, `predict`, their state, optimizers, metrics,
+checkpoints with exact resume, `diagnose`, and data-parallel runs under a launcher."""
