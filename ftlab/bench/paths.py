@@ -15,6 +15,7 @@ from torch import nn
 
 from ftlab.bench import data as bench_data
 from ftlab.data import bucketing
+from ftlab.data.batches import to_device
 from ftlab.scaling import cuda_graphs as graphs
 from ftlab.scaling.vision import ImageNormalize
 from ftlab.training.optim import fused_adamw
@@ -30,7 +31,7 @@ def plain_loop(name, model, data, work, device, timer, compile_mode) -> list[flo
     losses = []
     model.train()
     for batch in train_dl:
-        loss = _compute_loss(model, _move(batch, device))
+        loss = _compute_loss(model, to_device(batch, device))
         loss.backward()
         optimizer.step()
         scheduler.step()
@@ -123,12 +124,6 @@ def _compute_loss(model: nn.Module, batch) -> torch.Tensor:
         return model(**batch).loss
     images, labels = batch
     return F.cross_entropy(model(images), labels)  # logits: (batch, num_classes)
-
-
-def _move(batch, device: torch.device):
-    if isinstance(batch, dict):
-        return {key: value.to(device) for key, value in batch.items()}
-    return [value.to(device) for value in batch]
 
 
 def loss_every(work: dict) -> int:

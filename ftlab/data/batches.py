@@ -1,5 +1,8 @@
 """Batches as `fit` sees them: a dict with "labels" or an (inputs, labels) pair.
 
+The one definition of a batch: every part of ftlab that moves, splits, copies or unpacks a
+batch does it through the functions here.
+
 Taught in lesson 02, whose hand-written loop moves each batch to the device; `fit` also splits a
 batch that ran out of memory into slices (`split_batch`).
 """
@@ -14,13 +17,42 @@ import torch
 
 def to_device(batch, device):
     """Move every tensor of a batch (dict, tuple or list) to `device`. Taught in lesson 02."""
+    return map_tensors(batch, lambda tensor: tensor.to(device, non_blocking=True))
+
+
+def map_tensors(batch, function):
+    """Apply `function` to every tensor of a batch, keeping its shape: dict, tuple or list."""
     if isinstance(batch, Mapping):
-        return {key: to_device(value, device) for key, value in batch.items()}
+        return {key: map_tensors(value, function) for key, value in batch.items()}
     if isinstance(batch, (tuple, list)):
-        return type(batch)(to_device(value, device) for value in batch)
-    if torch.is_tensor(batch):
-        return batch.to(device, non_blocking=True)
-    return batch
+        return type(batch)(map_tensors(value, function) for value in batch)
+    return function(batch) if torch.is_tensor(batch) else batch
+
+
+def inputs_and_labels(batch):
+    """Split a batch into what the model reads and its labels (None for unlabelled inputs).
+
+    A dict batch gives (the dict without "labels", its labels); an (inputs, labels) pair gives
+    both; anything else is taken as unlabelled inputs.
+    """
+    if isinstance(batch, Mapping):
+        return {key: value for key, value in batch.items() if key != "labels"}, batch.get("labels")
+    if isinstance(batch, (tuple, list)) and len(batch) == 2:
+        return batch[0], batch[1]
+    return batch, None
+
+
+def labels_of(batch):
+    """A batch's labels, or None when it has none."""
+    return inputs_and_labels(batch)[1]
+
+
+def copy_into(static, batch) -> None:
+    """Copy a batch's tensors into same-shaped tensors `static` (a recorded step's inputs)."""
+    if isinstance(batch, Mapping):
+        static, batch = static.values(), batch.values()
+    for destination, value in zip(static, batch, strict=True):
+        destination.copy_(value, non_blocking=True)
 
 
 def split_batch(batch, parts: int):
@@ -36,11 +68,7 @@ def split_batch(batch, parts: int):
 
 def slice_batch(batch, start: int, stop: int):
     """Rows start:stop of every tensor in a batch."""
-    if isinstance(batch, Mapping):
-        return {key: slice_batch(value, start, stop) for key, value in batch.items()}
-    if isinstance(batch, (tuple, list)):
-        return type(batch)(slice_batch(value, start, stop) for value in batch)
-    return batch[start:stop] if torch.is_tensor(batch) else batch
+    return map_tensors(batch, lambda tensor: tensor[start:stop])
 
 
 def batch_size(batch) -> int:

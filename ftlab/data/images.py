@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ftlab.data.batches import unpack
 from ftlab.data.image_tensors import ImageTensors
 from ftlab.setup.settings import EFFICIENTNET_LITE0
 
@@ -178,7 +179,7 @@ def compute_features(
     features, labels = [], []
     with torch.inference_mode():
         for batch in dl:
-            images, batch_labels = _unpack(batch)
+            images, batch_labels = unpack(batch)
             out = backbone(images.to(device))  # (batch, feature_dim)
             if out.ndim != 2:
                 raise ValueError(
@@ -246,9 +247,3 @@ def _mode(pre: Preprocessing):
     from torchvision.transforms import InterpolationMode
 
     return InterpolationMode(pre.interpolation)
-
-
-def _unpack(batch) -> tuple[torch.Tensor, torch.Tensor]:
-    if isinstance(batch, (tuple, list)) and len(batch) == 2:
-        return batch[0], batch[1]
-    raise ValueError(f"expected (images, labels) batches, got {type(batch).__name__}")

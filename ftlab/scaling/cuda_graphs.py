@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ftlab.data.batches import copy_into, map_tensors
 from ftlab.training import distributed
 from ftlab.training.evaluation import AUTOCAST_DTYPES
 
@@ -138,7 +139,7 @@ class GraphedStep:
             self.eager_steps[key] += 1
             return self._eager_step(batch)
         self._fill_lr()
-        _copy_into(recorded.inputs, batch)
+        copy_into(recorded.inputs, batch)
         recorded.replay()
         return recorded.loss.clone()  # the next replay overwrites the graph's loss
 
@@ -172,7 +173,9 @@ class GraphedStep:
         return loss
 
     def _record(self, batch) -> Recorded:
-        inputs = _clone(batch)  # the graph's own inputs: each replay reads them
+        inputs = map_tensors(
+            batch, torch.Tensor.clone
+        )  # the graph's own inputs: each replay reads them
         groups = self.optimizer.param_groups
         saved = [(group["lr"], group["capturable"]) for group in groups]
         for group, lr in zip(groups, self.lr, strict=True):  # AdamW as recorded: it reads
@@ -216,19 +219,6 @@ def shape_key(batch) -> tuple:
 
 def _lrs(optimizer) -> list[float]:
     return [float(group["lr"]) for group in optimizer.param_groups]
-
-
-def _clone(batch):
-    if isinstance(batch, dict):
-        return {name: value.clone() for name, value in batch.items()}
-    return type(batch)(value.clone() for value in batch)
-
-
-def _copy_into(inputs, batch) -> None:
-    if isinstance(batch, dict):
-        inputs, batch = inputs.values(), batch.values()
-    for static, value in zip(inputs, batch, strict=True):
-        static.copy_(value, non_blocking=True)
 
 
 def _mode(compile) -> str | None:

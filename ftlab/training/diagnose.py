@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ftlab.data.batches import batch_size, slice_batch, to_device
+from ftlab.data.batches import batch_size, labels_of, slice_batch, to_device
 from ftlab.training.evaluation import forward_output
 
 LR_LIMIT = 1e-3  # above this, fine-tuning a pretrained transformer usually diverges
@@ -74,8 +74,8 @@ def preflight(model, train_dl, optimizer, lr, device, check: bool, callbacks=())
             "batch_size is not larger than the data set when drop_last=True"
         ) from None
     batch = to_device(batch, device)
-    labels = _labels_of(batch)
-    labels_finding = label_range_finding(labels, num_labels_of(model))
+    labels = labels_of(batch)
+    labels_finding = label_range_finding(labels, numlabels_of(model))
     if labels_finding:
         raise ValueError(f"{labels_finding.message}. Fix: {labels_finding.fix}")
     if not check:
@@ -92,7 +92,7 @@ def preflight(model, train_dl, optimizer, lr, device, check: bool, callbacks=())
     return labels
 
 
-def num_labels_of(model) -> int | None:
+def numlabels_of(model) -> int | None:
     """Return the number of classes the model predicts, read off without a forward pass."""
     config = getattr(model, "config", None)
     if isinstance(getattr(config, "num_labels", None), int):
@@ -293,12 +293,6 @@ def _training_mode(model):
 
 def _peak_lr(group: dict) -> float:
     return max(group["lr"], group.get("initial_lr", 0.0), group.get("max_lr", 0.0))
-
-
-def _labels_of(batch):
-    if isinstance(batch, Mapping):
-        return batch.get("labels")
-    return batch[1] if isinstance(batch, (tuple, list)) and len(batch) == 2 else None
 
 
 def _first_rows(batch, rows: int = 8):

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 import torch
 import torch.nn.functional as F
 
-from ftlab.data.batches import to_device
+from ftlab.data.batches import inputs_and_labels, to_device
 from ftlab.setup.env import pick_precision
 from ftlab.training import distributed
 from ftlab.training.metrics import get_metric
@@ -71,12 +71,8 @@ def forward_for_logits(model, batch):
 
 def forward_output(model, batch):
     """Run the model on a batch without its labels; return (raw output, labels or None)."""
-    if isinstance(batch, Mapping):
-        inputs = {key: value for key, value in batch.items() if key != "labels"}
-        return model(**inputs), batch.get("labels")
-    if isinstance(batch, (tuple, list)) and len(batch) == 2:
-        return model(batch[0]), batch[1]
-    return model(batch), None  # unlabelled inputs
+    inputs, labels = inputs_and_labels(batch)
+    return (model(**inputs) if isinstance(inputs, Mapping) else model(inputs)), labels
 
 
 def logits_of(output) -> torch.Tensor:
