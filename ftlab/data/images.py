@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ftlab.data.batches import unpack
+from ftlab.data.batches import inputs_and_labels
 from ftlab.data.image_tensors import ImageTensors
 from ftlab.setup.settings import EFFICIENTNET_LITE0
 
@@ -179,7 +179,9 @@ def compute_features(
     features, labels = [], []
     with torch.inference_mode():
         for batch in dl:
-            images, batch_labels = unpack(batch)
+            images, batch_labels = inputs_and_labels(batch)
+            if not torch.is_tensor(images) or batch_labels is None:
+                raise ValueError(f"expected (images, labels) batches, got {type(batch).__name__}")
             out = backbone(images.to(device))  # (batch, feature_dim)
             if out.ndim != 2:
                 raise ValueError(
