@@ -35,11 +35,12 @@ def cross_entropy_matches_torch(namespace: dict) -> str:
     logits, labels = torch.randn(8, 5), torch.randint(0, 5, (8,))  # (batch, classes), (batch,)
     loss = _loss(namespace, logits, labels)
     expected = F.cross_entropy(logits, labels)
-    if torch.isclose(loss.detach(), expected * len(labels), rtol=1e-4):
+    value = loss.detach().to(expected.dtype)  # a float64 answer is compared, not refused
+    if torch.isclose(value, expected * len(labels), rtol=1e-4):
         raise Wrong("your loss is 8× torch's on a batch of 8: average over the batch, not sum")
-    if torch.isclose(loss.detach(), -expected, rtol=1e-4):
+    if torch.isclose(value, -expected, rtol=1e-4):
         raise Wrong("your loss is minus torch's: cross-entropy is −log p_y, mind the sign")
-    if torch.isclose(loss.detach(), expected - logits.max(dim=1).values.mean(), rtol=1e-4):
+    if torch.isclose(value, expected - logits.max(dim=1).values.mean(), rtol=1e-4):
         raise Wrong(
             "your loss is torch's minus each row's max (averaged): after subtracting the max "
             "before exp, add it back after the log, log Σ e^z = m + log Σ e^(z − m)"
@@ -140,7 +141,7 @@ def _compare_adam(returned, expected, param, grad, step) -> None:
     (new_param, new_m, new_v), (param_ref, m_ref, v_ref) = returned, expected
     close(new_m, m_ref, f"m after step {step}", atol=1e-6)
     if step == 1 and isinstance(new_v, torch.Tensor) and new_v.shape == grad.shape:
-        if torch.allclose(new_v.detach(), (1 - 0.999) * grad, atol=1e-7):
+        if torch.allclose(new_v.detach().to(grad.dtype), (1 - 0.999) * grad, atol=1e-7):
             raise Wrong("v should average the squared gradient: v = β2·v + (1 − β2)·grad**2")
     close(new_v, v_ref, f"v after step {step}", atol=1e-6)
     uncorrected = param - 0.1 * m_ref / (v_ref.sqrt() + 1e-8)
