@@ -1,9 +1,10 @@
-"""Plots of a fine-tuning run: learning curves, confusion matrix, image grid, ablation bars.
+"""Plots of fine-tuning: the recipe, learning curves, confusion matrix, image grid, ablation bars.
 
 Each function returns a matplotlib Figure and never calls plt.show(): a notebook shows the
 figure when it is the cell's last value (or with `display(fig)`); `fig.savefig(path)` saves it.
 The figure is closed in pyplot, so it is not shown a second time at the end of the cell.
-Taught in lesson 02 (curves, confusion matrix), 03 (image grid) and 04 (ablation bars).
+Taught in lesson 00 (the recipe), 02 (curves, confusion matrix), 03 (image grid) and 04
+(ablation bars).
 """
 
 from __future__ import annotations
@@ -12,10 +13,52 @@ import math
 
 import matplotlib.pyplot as plt
 import torch
+from matplotlib.patches import FancyArrowPatch, Rectangle
 
 from ftlab.training.state import History
 
 MISTAKE_COLOR, CORRECT_COLOR = "tab:red", "black"
+
+
+RECIPE_STEPS = (
+    "take a pretrained model",
+    "replace the head",
+    "choose what to freeze",
+    "train with a small learning rate",
+)
+BODY_COLOR, HEAD_COLOR = "tab:blue", "tab:orange"
+_FROZEN = {"facecolor": "lightgrey", "edgecolor": "grey", "hatch": "//"}
+_TRAINS = {"facecolor": BODY_COLOR, "edgecolor": BODY_COLOR}
+
+
+def recipe_figure(num_layers: int = 4):
+    """Draw the fine-tuning recipe: a pretrained body with a new head, and what to freeze.
+
+    Left: steps 1, 2 and 4 (the old head swapped for a new one). Right: step 3 as a range,
+    from feature extraction (body frozen) through partly frozen to full fine-tuning.
+    `num_layers` is how many body layers to draw. Taught in lesson 00.
+    """
+    if num_layers < 3:
+        raise ValueError(
+            f"num_layers must be at least 3 to show a partly frozen body, got {num_layers}"
+        )
+    fig, (ax_model, ax_range) = plt.subplots(
+        1, 2, figsize=(12, 4.6), gridspec_kw={"width_ratios": [1, 1.5]}
+    )
+    _draw_model(ax_model, num_layers)
+    _draw_range(ax_range, num_layers)
+    for ax in (ax_model, ax_range):
+        ax.set(xlim=(-0.3, 4.3), ylim=(-2.3, num_layers + 2.6))
+        ax.set_axis_off()
+    handles = [
+        Rectangle((0, 0), 1, 1, **_FROZEN, label="pretrained, frozen"),
+        Rectangle((0, 0), 1, 1, **_TRAINS, label="pretrained, trains"),
+        Rectangle((0, 0), 1, 1, color=HEAD_COLOR, label="new head, trains"),
+    ]
+    fig.legend(handles=handles, loc="lower center", ncol=3, fontsize=9, frameon=False)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
+    plt.close(fig)  # shown once, as the cell's value
+    return fig
 
 
 def learning_curves(histories, title: str = "Learning curves"):
@@ -125,6 +168,51 @@ def ablation_bars(results, ylabel: str = "accuracy", title: str | None = None):
     ax.set_ylim(0, max(m + s for m, s in zip(means, stds, strict=True)) * 1.2 or 1)
     ax.tick_params(axis="x", labelrotation=20)
     return _finish(fig)
+
+
+def _draw_model(ax, num_layers: int) -> None:
+    # Step 1: the pretrained body; step 2: its old head crossed out and a new one; step 4.
+    for layer in range(num_layers):
+        ax.add_patch(Rectangle((0, layer), 1.6, 0.8, **_TRAINS))
+        ax.text(0.8, layer + 0.4, f"layer {layer + 1}", ha="center", va="center", color="white")
+    ax.text(0.8, -0.4, f"1. {RECIPE_STEPS[0]}", ha="center", va="top", fontsize=9)
+    top = num_layers
+    ax.add_patch(Rectangle((0, top), 1.6, 0.8, facecolor="white", edgecolor="grey", ls="--"))
+    ax.text(0.8, top + 0.4, "old head", ha="center", va="center", color="grey")
+    ax.plot([0, 1.6], [top, top + 0.8], color="tab:red", lw=1.5)
+    ax.add_patch(
+        FancyArrowPatch((1.7, top + 0.4), (2.35, top + 0.4), arrowstyle="->", mutation_scale=14)
+    )
+    ax.add_patch(Rectangle((2.4, top), 1.6, 0.8, color=HEAD_COLOR))
+    ax.text(3.2, top + 0.4, "new head", ha="center", va="center", color="white")
+    ax.text(
+        3.2, top + 1.2, f"2. {RECIPE_STEPS[1]}\n(random init, your labels)", ha="center", fontsize=9
+    )
+    step_4 = f"4. {RECIPE_STEPS[3]}\nso that the body keeps\nwhat it learned"
+    ax.text(3.2, top - 1.0, step_4, ha="center", va="top", fontsize=9)
+    ax.set_title("pretrained body + new head", loc="left")
+
+
+def _draw_range(ax, num_layers: int) -> None:
+    # Step 3: three columns, from the whole body frozen to everything trainable.
+    columns = [("feature extraction:\nbody frozen", 0), ("partly frozen:\ntop layers train", 2)]
+    columns.append(("full fine-tuning:\neverything trains", num_layers))
+    for column, (title, trainable) in enumerate(columns):
+        _draw_stack(ax, x=1.5 * column, num_layers=num_layers, trainable=trainable)
+        ax.text(1.5 * column + 0.5, num_layers + 1.6, title, ha="center", fontsize=9)
+    ax.add_patch(FancyArrowPatch((0, -0.5), (4.0, -0.5), arrowstyle="<->", mutation_scale=14))
+    ax.text(0, -1.1, "fewer weights train:\ncheaper, forgets less", fontsize=8, va="top")
+    more = "more weights train:\nadapts more to your data"
+    ax.text(4.0, -1.1, more, fontsize=8, va="top", ha="right")
+    ax.set_title(f"3. {RECIPE_STEPS[2]}", loc="left")
+
+
+def _draw_stack(ax, x: float, num_layers: int, trainable: int) -> None:
+    # One column of the range: the top `trainable` layers of the body train, and the head.
+    for layer in range(num_layers):
+        style = _FROZEN if layer < num_layers - trainable else _TRAINS
+        ax.add_patch(Rectangle((x, layer), 1.0, 0.8, **style))
+    ax.add_patch(Rectangle((x, num_layers), 1.0, 0.8, color=HEAD_COLOR))
 
 
 def _first_val_metric(runs: dict) -> str | None:

@@ -46,6 +46,35 @@ def test_cross_entropy_stays_finite_where_the_naive_formula_overflows():
     assert torch.allclose(ours, F.cross_entropy(logits, labels))
 
 
+def test_cross_entropy_matches_torch_on_huge_float32_logits():
+    # Lesson 01 shows this case (logits of scale 300, float32) next to its own function.
+    generator = torch.Generator().manual_seed(0)
+    logits = 300 * torch.randn(16, 10, generator=generator)  # (16, 10)
+    labels = torch.randint(0, 10, (16,), generator=generator)
+    assert torch.allclose(
+        cross_entropy_from_scratch(logits, labels), F.cross_entropy(logits, labels)
+    )
+
+
+def test_cross_entropy_gradient_rows_sum_to_zero_and_stay_within_one_over_n():
+    logits = torch.randn(6, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    logits.requires_grad_(True)
+    labels = torch.tensor([0, 4, 2, 2, 1, 3])
+    (gradient,) = torch.autograd.grad(cross_entropy_from_scratch(logits, labels), logits)
+    assert torch.allclose(gradient.sum(dim=1), torch.zeros(6, dtype=torch.float64), atol=1e-12)
+    assert gradient.abs().max() <= 1 / 6  # (softmax - one-hot) / N
+    assert (gradient[torch.arange(6), labels] < 0).all()  # only the true class is pushed up
+
+
+def test_two_class_cross_entropy_with_logits_zero_and_s_is_binary_cross_entropy():
+    s = torch.randn(8, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    y = torch.tensor([0, 1, 1, 0, 1, 0, 0, 1])
+    two_class = cross_entropy_from_scratch(torch.stack([torch.zeros_like(s), s], dim=1), y)
+    assert torch.allclose(two_class, F.binary_cross_entropy_with_logits(s, y.double()))
+    wrong = cross_entropy_from_scratch(torch.stack([s, torch.zeros_like(s)], dim=1), y)
+    assert not torch.allclose(wrong, two_class)  # the logit belongs to class 1, not class 0
+
+
 def test_cross_entropy_differs_from_a_wrong_formula():
     torch.manual_seed(2)
     logits, labels = torch.randn(6, 4), torch.randint(0, 4, (6,))

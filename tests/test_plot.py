@@ -90,3 +90,35 @@ def test_ablation_bars_show_mean_and_standard_deviation():
     assert ax.get_title() == "mean ± std over 3 seeds"
     with pytest.raises(ValueError, match="non-empty"):
         plot.ablation_bars({"empty": []})
+
+
+def _recipe_texts(fig) -> str:
+    texts = [text.get_text() for ax in fig.axes for text in ax.texts]
+    return " ".join(texts + [ax.get_title(loc="left") for ax in fig.axes])
+
+
+@pytest.mark.parametrize("num_layers", [4, 6])
+def test_recipe_figure_names_the_four_steps_and_draws_the_freezing_range(num_layers):
+    fig = plot.recipe_figure(num_layers=num_layers)
+    assert isinstance(fig, Figure)
+    texts = _recipe_texts(fig)
+    for number, step in enumerate(plot.RECIPE_STEPS, start=1):
+        assert f"{number}. {step}" in texts
+    assert "old head" in texts and "new head" in texts
+    spectrum = fig.axes[1]
+    frozen = [patch for patch in spectrum.patches if patch.get_hatch() == "//"]
+    heads = [
+        patch
+        for patch in spectrum.patches
+        if matplotlib.colors.same_color(patch.get_facecolor(), plot.HEAD_COLOR)
+    ]
+    # feature extraction freezes the whole body, partly frozen all but the top 2, full none
+    assert len(frozen) == num_layers + (num_layers - 2)
+    assert len(heads) == 3  # every column trains a new head
+    for title in ("feature extraction", "partly frozen", "full fine-tuning"):
+        assert title in texts
+
+
+def test_recipe_figure_needs_enough_layers_to_show_a_partly_frozen_body():
+    with pytest.raises(ValueError, match="at least 3"):
+        plot.recipe_figure(num_layers=2)

@@ -111,6 +111,31 @@ WRONG_ANSWERS = {
             "implement the formula yourself",
         ),
         (
+            "01.q1",
+            "def stable_cross_entropy(logits, labels):\n"
+            "    shifted = logits - logits.max(dim=1, keepdim=True).values\n"
+            "    log_probs = shifted - shifted.exp().sum(dim=1, keepdim=True).log()\n"
+            "    return log_probs[torch.arange(len(labels)), labels].mean()\n",
+            "minus torch's: cross-entropy is −log p_y",
+        ),
+        (
+            "01.q1",
+            "def stable_cross_entropy(logits, labels):\n"
+            "    logits = logits.double()\n"
+            "    shifted = logits - logits.max(dim=1, keepdim=True).values\n"
+            "    log_probs = shifted - shifted.exp().sum(dim=1, keepdim=True).log()\n"
+            "    return log_probs[torch.arange(len(labels)), labels].mean()\n",
+            "minus torch's: cross-entropy is −log p_y",  # float64 is compared, not a crash
+        ),
+        (
+            "01.q1",
+            "def stable_cross_entropy(logits, labels):\n"
+            "    top = logits.max(dim=1, keepdim=True).values\n"
+            "    log_sum = (logits - top).exp().sum(dim=1).log()\n"
+            "    return (log_sum - logits[torch.arange(len(labels)), labels]).mean()\n",
+            "add it back after the log",
+        ),
+        (
             "01.q2",
             "def softmax_ce_grad(logits, labels):\n"
             "    return torch.softmax(logits, 1) - F.one_hot(labels, logits.shape[1]).float()\n",
@@ -121,6 +146,12 @@ WRONG_ANSWERS = {
             "def softmax_ce_grad(logits, labels):\n"
             "    return torch.softmax(logits, 1) / len(labels)\n",
             "subtract the one-hot labels",
+        ),
+        (
+            "01.q2",
+            "def softmax_ce_grad(logits, labels):\n"
+            "    return (logits - F.one_hot(labels, logits.shape[1]).float()) / len(labels)\n",
+            "apply softmax first",
         ),
         (
             "01.q3",
@@ -136,7 +167,7 @@ WRONG_ANSWERS = {
             "    m = betas[0] * m + (1 - betas[0]) * grad\n"
             "    v = betas[1] * v + (1 - betas[1]) * grad\n"
             "    return param - lr * m / (v.sqrt() + eps), m, v\n",
-            "v after step 1 differs from the reference",
+            "v should average the squared gradient",
         ),
         ("01.q4", "predicted_max_lr = ...", "`predicted_max_lr` is still `...`"),
         ("01.q4", "critical_lr = 1 / a", "the largest stable lr is 2/a"),

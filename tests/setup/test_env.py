@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from ftlab.setup import env
+from ftlab.setup import env, settings
 
 
 def test_pick_device_on_cpu_machine_and_explicit_choice():
@@ -80,6 +80,6 @@ def test_doctor_reports_versions_device_profile_and_assets(capsys):
     printed = capsys.readouterr().out
     for key in ("python", "torch", "transformers", "datasets", "device", "gpu", "profile"):
         assert key in report and key in printed
-    assert report["profile"] == "offline"
+    assert report["profile"] == "offline" == settings.active_profile()  # agrees with the banner
     assert report["offline MiniLM"].endswith("model")
     assert not report["offline MiniLM"].startswith("missing")

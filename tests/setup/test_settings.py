@@ -60,6 +60,17 @@ def test_overrides_by_keyword_and_environment_are_listed(clean_env, capsys):
     assert "FTLAB_TEXT_MODEL" in banner and "OFFLINE" in banner
 
 
+def test_a_keyword_override_changes_one_setting_and_marks_it(clean_env):
+    # What lesson 00 shows its learner with ftlab.settings("00", max_steps=10).
+    clean_env.setenv("FTLAB_PROFILE", "offline")
+    default, shorter = profile.settings("00"), profile.settings("00", max_steps=10)
+    assert shorter.max_steps == 10 != default.max_steps
+    assert shorter.overrides == {"max_steps": "keyword"} and default.overrides == {}
+    for name in ("text_model", "batch_size", "lr"):
+        assert getattr(shorter, name) == getattr(default, name)
+    assert "keyword" in repr(shorter) and "keyword" not in repr(default)
+
+
 def test_sample_cap_can_be_lifted_from_the_environment(clean_env):
     clean_env.setenv("FTLAB_PROFILE", "offline")
     clean_env.setenv("FTLAB_MAX_TRAIN_SAMPLES", "none")

@@ -35,8 +35,16 @@ def cross_entropy_matches_torch(namespace: dict) -> str:
     logits, labels = torch.randn(8, 5), torch.randint(0, 5, (8,))  # (batch, classes), (batch,)
     loss = _loss(namespace, logits, labels)
     expected = F.cross_entropy(logits, labels)
-    if torch.isclose(loss.detach(), expected * len(labels), rtol=1e-4):
+    value = loss.detach().to(expected.dtype)  # a float64 answer is compared, not refused
+    if torch.isclose(value, expected * len(labels), rtol=1e-4):
         raise Wrong("your loss is 8× torch's on a batch of 8: average over the batch, not sum")
+    if torch.isclose(value, -expected, rtol=1e-4):
+        raise Wrong("your loss is minus torch's: cross-entropy is −log p_y, mind the sign")
+    if torch.isclose(value, expected - logits.max(dim=1).values.mean(), rtol=1e-4):
+        raise Wrong(
+            "your loss is torch's minus each row's max (averaged): after subtracting the max "
+            "before exp, add it back after the log, log Σ e^z = m + log Σ e^(z − m)"
+        )
     close(loss, expected, "your loss on ordinary logits", atol=1e-5)
     return "matches F.cross_entropy"
 
@@ -75,21 +83,31 @@ def softmax_cross_entropy_gradient(namespace: dict) -> str:
     F.cross_entropy(leaf, labels).backward()
     expected = leaf.grad  # (softmax(z) - onehot(y)) / batch
     if isinstance(gradient, torch.Tensor) and gradient.shape == expected.shape:
-        gradient = gradient.detach().to(expected.dtype)
-        if torch.allclose(gradient, expected * len(labels), atol=1e-5):
-            raise Wrong(
-                "your gradient is 4× autograd's on a batch of 4: the loss is the mean over "
-                "the batch, so divide by the batch size"
-            )
-        if torch.allclose(gradient, -expected, atol=1e-5):
-            raise Wrong("your gradient has the wrong sign: it is softmax(z) − onehot(y)")
-        if not torch.allclose(gradient.sum(dim=1), torch.zeros(4), atol=1e-5):
-            raise Wrong(
-                "each row of the gradient should sum to 0 (softmax sums to 1, and so does the "
-                "one-hot label): subtract the one-hot labels from the softmax"
-            )
+        _name_gradient_slip(gradient.detach().to(expected.dtype), expected, logits, labels)
     close(gradient, expected, "your gradient", atol=1e-5)
     return "matches autograd"
+
+
+def _name_gradient_slip(gradient, expected, logits, labels) -> None:
+    # The typical wrong gradients, each with its cause.
+    onehot = F.one_hot(labels, logits.shape[1]).to(expected.dtype)
+    if torch.allclose(gradient, (logits - onehot) / len(labels), atol=1e-5):
+        raise Wrong(
+            "your gradient uses the logits themselves: apply softmax first, the gradient "
+            "is softmax(z) − onehot(y)"
+        )
+    if torch.allclose(gradient, expected * len(labels), atol=1e-5):
+        raise Wrong(
+            "your gradient is 4× autograd's on a batch of 4: the loss is the mean over "
+            "the batch, so divide by the batch size"
+        )
+    if torch.allclose(gradient, -expected, atol=1e-5):
+        raise Wrong("your gradient has the wrong sign: it is softmax(z) − onehot(y)")
+    if not torch.allclose(gradient.sum(dim=1), torch.zeros(4), atol=1e-5):
+        raise Wrong(
+            "each row of the gradient should sum to 0 (softmax sums to 1, and so does the "
+            "one-hot label): subtract the one-hot labels from the softmax"
+        )
 
 
 @question("01.q3", points=2)
@@ -105,7 +123,7 @@ def adam_step_matches_torch(namespace: dict) -> str:
         if not isinstance(returned, tuple) or len(returned) != 3:
             raise Wrong("adam_step should return a tuple (param, m, v)")
         expected = adam_reference(param, grad, m, v, step, lr=0.1)
-        _compare_adam(returned, expected, param, step)
+        _compare_adam(returned, expected, param, grad, step)
         param, m, v = expected
     return "matches torch.optim.Adam for 3 steps"
 
@@ -119,9 +137,12 @@ def adam_reference(param, grad, m, v, step, lr, betas=(0.9, 0.999), eps=1e-8):
     return param - lr * m_hat / (v_hat.sqrt() + eps), m, v
 
 
-def _compare_adam(returned, expected, param, step) -> None:
+def _compare_adam(returned, expected, param, grad, step) -> None:
     (new_param, new_m, new_v), (param_ref, m_ref, v_ref) = returned, expected
     close(new_m, m_ref, f"m after step {step}", atol=1e-6)
+    if step == 1 and isinstance(new_v, torch.Tensor) and new_v.shape == grad.shape:
+        if torch.allclose(new_v.detach().to(grad.dtype), (1 - 0.999) * grad, atol=1e-7):
+            raise Wrong("v should average the squared gradient: v = β2·v + (1 − β2)·grad**2")
     close(new_v, v_ref, f"v after step {step}", atol=1e-6)
     uncorrected = param - 0.1 * m_ref / (v_ref.sqrt() + 1e-8)
     if step == 1 and isinstance(new_param, torch.Tensor) and new_param.shape == param.shape:
