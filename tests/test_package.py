@@ -90,6 +90,32 @@ def test_the_library_never_imports_course_tooling():
     assert is_tooling("ftlab.exercises.grade") and not is_tooling("ftlab.training.loop")
 
 
+DOWNWARD = {"ftlab.training": "ftlab.scaling", "ftlab.models": "ftlab.training"}  # never imports
+
+
+def upward_imports(graph: dict[str, set[str]]) -> list[str]:
+    """Imports against DOWNWARD: training knows nothing of scaling, models nothing of training."""
+
+    def inside(module, folder):
+        return module == folder or module.startswith(folder + ".")
+
+    return sorted(
+        f"{module} imports {target}"
+        for module, targets in graph.items()
+        for target in targets
+        for importer, imported in DOWNWARD.items()
+        if inside(module, importer) and inside(target, imported)
+    )
+
+
+def test_speed_ups_plug_into_training_and_models_know_nothing_of_training():
+    graph = import_graph()
+    assert upward_imports(graph) == []
+    assert "ftlab.training.loop" in graph["ftlab.scaling.compile"]  # the allowed way is seen
+    before = {"ftlab.training.loop": {"ftlab.scaling.cuda_graphs", "ftlab.training.step"}}
+    assert upward_imports(before) == ["ftlab.training.loop imports ftlab.scaling.cuda_graphs"]
+
+
 def test_every_public_name_has_one_home():
     """Package __init__ files (ftlab's own short list aside) hold no names; no module lists
     another's names in __all__; the repository imports each name from its home."""

@@ -17,7 +17,9 @@ from ftlab.bench import data as bench_data
 from ftlab.data import bucketing
 from ftlab.data.batches import to_device
 from ftlab.scaling import cuda_graphs as graphs
-from ftlab.scaling.vision import ImageNormalize
+from ftlab.scaling.compile import CompiledStep
+from ftlab.scaling.cuda_graphs import CudaGraphStep
+from ftlab.scaling.vision import ImageNormalize, channels_last
 from ftlab.training.optim import fused_adamw
 
 
@@ -75,11 +77,12 @@ def trainer(name, model, data, work, device, timer, compile_mode) -> list[float]
 
 
 def fit_fast(name, model, data, work, device, timer, compile_mode) -> list[float]:
-    """ftlab.fit with the fast path: grouped, bucketed batches; compiled if the name says so.
+    """ftlab.fit with the fast path: grouped, bucketed batches; the step the name asks for.
 
-    "..._dynamic" compiles one graph for every bucket (symbolic sequence length), not one each;
-    "..._cuda_graph" records each shape's whole step as a CUDA graph (`fit(cuda_graph=True)`),
-    compiled in Inductor's default mode if the name says so (CUDA graphs are ftlab's own).
+    "..._compiled_<mode>" trains with `CompiledStep(mode)`; "..._dynamic" compiles one graph
+    for every bucket (symbolic sequence length), not one each; "..._cuda_graph" records each
+    shape's whole step as a CUDA graph (`CudaGraphStep`), with Inductor's kernels when the name
+    says "compiled_default" (the CUDA graphs are then ftlab's, not Inductor's).
     """
     from ftlab.training.loop import fit
 
@@ -92,17 +95,23 @@ def fit_fast(name, model, data, work, device, timer, compile_mode) -> list[float
     cuda, vision = device.type == "cuda", work["task"] == "vision"
     if vision:  # uint8 batches in (a quarter of the bytes), normalized on the device
         model = nn.Sequential(ImageNormalize(*bench_data.IMAGENET, channels_last=cuda), model)
-    cuda_graph, compile_options = name.endswith("_cuda_graph"), None
-    if "compiled" in name:
-        mode = "default" if cuda_graph else compile_mode
-        compile_options = {"mode": mode, "dynamic": name.endswith("_dynamic")}
+        model = channels_last(model) if cuda else model
+    step = timer.count_recordings(_step_for(name, compile_mode))
     history = fit(
         model, train_dl, lr=work["lr"], max_steps=work["steps"], weight_decay=0.0,
         scheduler="linear", precision="auto", device=device, progress=False, check=False,
-        callbacks=[Timing()], seed=work["seed"], channels_last=vision and cuda,
-        compile=compile_options, cuda_graph=cuda_graph,
+        callbacks=[Timing()], seed=work["seed"], step=step,
     )  # fmt: skip
     return history.step_losses
+
+
+def _step_for(name: str, compile_mode: str | None):
+    """The training step a fit path's name asks for; None: fit's eager step."""
+    if name.endswith("_cuda_graph"):
+        return CudaGraphStep(compile="default" if "compiled" in name else None)
+    if "compiled" in name:
+        return CompiledStep(compile_mode, dynamic=name.endswith("_dynamic"))
+    return None
 
 
 def _plain_loader(data, work) -> torch.utils.data.DataLoader:

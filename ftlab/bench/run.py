@@ -5,7 +5,7 @@ max_length), (b) Hugging Face `Trainer` with its default arguments, and on CUDA 
 bf16 (fp16 where bf16 is missing), (c) `ftlab.fit` on the fast path (length-grouped batches,
 lengths bucketed to multiples of 32, uint8 images normalized on the device, channels_last and
 autocast on CUDA), with `torch.compile` when asked, and on CUDA with each batch shape's whole
-step recorded as a CUDA graph (`fit(cuda_graph=True)`). Models have random weights (BERT-base
+step recorded as a CUDA graph (`CudaGraphStep`). Models have random weights (BERT-base
 config, ResNet-18 `weights=None`), so nothing is downloaded. Each path reports steady-state
 samples/s (warm-up excluded, and reported on its own), time to a target loss, peak memory,
 final loss and accuracy, and its ratio to Trainer. A benchmark, not a test: numbers depend on
@@ -233,7 +233,7 @@ def _path_result(name, work, timer, losses, model, data, device) -> dict:
         "total_s": timer.times[-1],
         "slow_steps_after_warmup": slow_steps,
         "graphs_compiled": timer.compiled,
-        "graphs_recorded": timer.recorded,  # fit(cuda_graph=True): one whole step per shape
+        "graphs_recorded": timer.recorded,  # CudaGraphStep: one whole step per shape
         "loader_ms_per_batch": timer.loader_ms,
         "time_to_target_s": bench_timing.time_to_target(losses, timer.times, work),
         "projected_s": projected,

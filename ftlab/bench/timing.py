@@ -21,7 +21,6 @@ import torch
 from torch.autograd import DeviceType
 
 from ftlab.bench.paths import loss_every
-from ftlab.scaling import cuda_graphs as graphs
 
 PROFILE_STEPS = 10  # one loss read-back window
 LOADER_BATCHES = 10  # batches drawn to time a path's loader alone
@@ -149,24 +148,27 @@ def steady_window(
 class StepTimer:
     """Seconds from the path's start to the end of each step, and the graphs made by then.
 
-    `graphs[i]`: graphs `torch.compile` captured plus whole steps `fit(cuda_graph=True)` recorded
-    by the end of step i; `compiled` and `recorded` count each kind over the whole path.
-
-    Syncs CUDA only when it must.
-
-    With `profile`, the last steps run under `StepProfiler`, after the timed ones.
+    `graphs[i]`: graphs `torch.compile` captured plus whole steps recorded by the path's
+    `CudaGraphStep` (see `count_recordings`) by the end of step i; `compiled` and `recorded`
+    count each kind over the whole path. Syncs CUDA only when it must. With `profile`, the last
+    steps run under `StepProfiler`, after the timed ones.
     """
 
     def __init__(self, device: torch.device, work: dict, profile: bool = False):
         self.device, self.warmup_steps, self.times = device, work["warmup_steps"], []
         self.graphs, self.compiled, self.recorded = [], 0, 0  # graphs made by each step
-        self.before = (graphs_compiled(), graphs.recordings_made())
+        self.compiled_before, self.recording_step = graphs_compiled(), None
         self.profiled = profiled_steps(work["steps"], self.warmup_steps) if profile else 0
         start = work["steps"] - self.profiled
         self.profiler = StepProfiler(device, start, self.profiled) if profile else None
         self.syncs = {self.warmup_steps, start}
         self.loader_ms = None  # per batch, when the path timed its loader
         self.started = time.perf_counter()
+
+    def count_recordings(self, step):
+        """Count the whole-step graphs that `step` (a `CudaGraphStep`) records; return it."""
+        self.recording_step = step
+        return step
 
     def time_loader(self, loader, batches: int = LOADER_BATCHES) -> None:
         """Time drawing `batches` batches from `loader` alone, before the path's first step.
@@ -189,8 +191,8 @@ class StepTimer:
         if len(self.times) + 1 in self.syncs and self.device.type == "cuda":
             torch.cuda.synchronize()
         self.times.append(time.perf_counter() - self.started)
-        self.compiled = graphs_compiled() - self.before[0]
-        self.recorded = graphs.recordings_made() - self.before[1]
+        self.compiled = graphs_compiled() - self.compiled_before
+        self.recorded = getattr(self.recording_step, "recordings", 0)
         self.graphs.append(self.compiled + self.recorded)
         if self.profiler:
             self.profiler.step_end(len(self.times))

@@ -1,4 +1,4 @@
-"""torch.compile for fine-tuning: a compiled model, and a cache that survives a restart.
+"""torch.compile for fine-tuning: a compiled step for `fit`, and a cache that survives a restart.
 
 Taught in lesson 06. Compiling fuses the model's small kernels and, in "reduce-overhead" mode,
 replays them as CUDA graphs; the cache saves the compiled artifacts so that a new session
@@ -17,8 +17,37 @@ from torch import nn
 
 from ftlab.training import distributed
 from ftlab.training.checkpoint import atomic_write
+from ftlab.training.loop import EagerStep
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+class CompiledStep(EagerStep):
+    """Lesson 02's step on the model run through `torch.compile`. Taught in lesson 06.
+
+    `fit(model, train_dl, step=CompiledStep("reduce-overhead", dynamic=True))`; the arguments
+    are `compile_model`'s. Only the model's forward and backward are compiled: clipping and the
+    optimizer step stay as in lesson 02.
+    """
+
+    def __init__(self, mode: str = "default", **options):
+        _check_mode(mode)  # a typo is refused here, not after the first batch
+        self.options = {"mode": mode, **options}
+
+    def start(self, state, loop) -> None:
+        """Wrap `state.model` in `torch.compile`; it compiles at the first batch."""
+        super().start(state, loop)
+        state.model = compile_model(state.model, **self.options)
+
+    def __call__(self, state, batch, sync: bool) -> torch.Tensor:
+        """Train on one batch with the compiled model; return its detached loss."""
+        self.before_forward(state, batch)
+        return super().__call__(state, batch, sync)
+
+    @staticmethod
+    def before_forward(state, batch) -> None:
+        """Settle a HF model's problem_type: its first forward would change it, and recompile."""
+        settle_problem_type(distributed.unwrap(state.model), _labels(batch))
 
 
 def compile_model(
@@ -28,13 +57,11 @@ def compile_model(
 
     Taught in lesson 06. "reduce-overhead" adds CUDA graphs (CUDA only): the biggest gain at
     small batches, so pair it with `BucketCollator` and drop_last=True. `dynamic=False` compiles
-    one graph per bucket (about 20 s each for BERT-base on an H100); `dynamic=True` compiles
-    one graph with a symbolic sequence length for every bucket (CUDA graphs are still recorded
-    per shape). Only the model is compiled; the loop and the optimizer step stay Python
-    (`fit(cuda_graph=True)`, `ftlab.scaling.cuda_graphs`, records the whole step).
+    one graph per bucket; `dynamic=True` compiles one graph with a symbolic sequence length for
+    every bucket (CUDA graphs are still recorded per shape): a shorter warm-up. `backend="eager"`
+    captures the graphs without compiling them, which is quick (tests, counting graphs).
     """
-    if mode not in COMPILE_MODES:
-        raise ValueError(f"compile mode must be one of {COMPILE_MODES}, got {mode!r}")
+    _check_mode(mode)
     if backend != "inductor":  # other backends (e.g. "eager" for tests) take no mode
         return torch.compile(model, backend=backend, dynamic=dynamic)
     return torch.compile(model, mode=mode, dynamic=dynamic)
@@ -94,6 +121,16 @@ def _load_artifacts(path: Path) -> int:
 
 def _artifact_count(info) -> int:
     return sum(len(keys) for keys in info.artifacts.values())
+
+
+def _check_mode(mode: str) -> None:
+    if mode not in COMPILE_MODES:
+        raise ValueError(f"compile mode must be one of {COMPILE_MODES}, got {mode!r}")
+
+
+def _labels(batch) -> torch.Tensor | None:
+    """The labels of a dict batch, which a Hugging Face forward reads; None otherwise."""
+    return batch.get("labels") if isinstance(batch, dict) else None
 
 
 def settle_problem_type(model: nn.Module, labels: torch.Tensor | None) -> None:

@@ -1,19 +1,12 @@
-"""Whole-step CUDA graphs: lesson 02's training step recorded once per batch shape, then replayed.
+"""The whole training step as a CUDA graph: recorded once per batch shape, then replayed.
 
-Taught in lesson 06. `compile="reduce-overhead"` puts the model's forward and backward in CUDA
-graphs, but the rest of each step still runs in Python: the gradients come back one tensor per
-parameter, clipping and AdamW launch their kernels, the loop adds its own. At batch 32 a BERT-base
-step on a large GPU is a few milliseconds of arithmetic, and that Python is of the same order.
-`fit(..., cuda_graph=True)` records the whole step (forward, loss, backward, clipping, AdamW,
-zeroing the gradients) as one CUDA graph per batch shape, so bucket the lengths
-(`bucketing.BucketCollator`); each later step of that shape copies the batch into the graph's own
-input tensors and replays it. Nothing is compiled: a shape is recorded after a few eager steps.
-
-A graph replays the memory addresses it was recorded with. So the weights, the gradients (zeroed,
-never set to None), AdamW's state and the learning rate stay where they are: the learning rate
-lives in a device tensor that each step fills from the schedule. When the trainable parameters
-change (gradual unfreezing), the graphs are dropped and recorded again. What a replay cannot do
-is refused before training by `check_supported`, with what to do instead.
+Taught in lesson 06. `fit(model, train_dl, step=CudaGraphStep())` records lesson 02's step
+(forward, loss, backward, clipping, AdamW, zeroing the gradients) as one CUDA graph per batch
+shape, after a few eager steps, and replays it: almost no Python runs per step, which is what
+a small-batch step on a fast GPU waits for. Bucket the lengths (`BucketCollator`) to keep the
+shapes few. A replay reuses the memory addresses it recorded, so the gradients are zeroed in
+place, never set to None, and the learning rate is read from a device tensor filled from the
+schedule before each replay. `check_supported` refuses, before training, what cannot replay.
 """
 
 from __future__ import annotations
@@ -26,25 +19,62 @@ from dataclasses import dataclass
 import torch
 
 from ftlab.data.batches import copy_into, map_tensors
+from ftlab.scaling import compile as compiling
 from ftlab.training import distributed
 from ftlab.training.evaluation import AUTOCAST_DTYPES
+from ftlab.training.step import compute_loss, optimizer_step
 
 WARMUP_STEPS = 3  # eager steps of a shape before it is recorded, as PyTorch's examples do
 MAX_SHAPES = 8  # shapes beyond this many run eagerly: each graph keeps its activations' memory
 GRAPH_DEVICES = ("cuda",)
-_RECORDED = Counter()  # whole-step graphs recorded in this process, by every GraphedStep
 RECORDING_FAILED = (
     "recording the training step as a CUDA graph failed, for batches {shape}: {error}\n"
     "A recorded step must not make the host wait for a GPU value: no .item(), float(tensor), "
     "`if tensor:`, .tolist(), print(tensor), .nonzero() or boolean-mask indexing in the model's "
-    "forward or its loss. Remove those, or train without cuda_graph=True."
+    "forward or its loss. Remove those, or train without CudaGraphStep."
 )
 
 
+class CudaGraphStep:
+    """`fit`'s step on each batch shape recorded as one CUDA graph and replayed. Lesson 06.
+
+    `fit(model, train_dl, step=CudaGraphStep())`. `compile="default"` (or a dict of
+    `compile_model`'s arguments) records Inductor's kernels instead of eager ones. `capture`,
+    `warmup_steps` and `max_shapes` go to `GraphedStep`. `recordings` counts the graphs recorded.
+    """
+
+    def __init__(self, compile=None, **graphed_options):
+        options = {"mode": compile} if isinstance(compile, str) else compile
+        self.compiled = compiling.CompiledStep(**options) if compile else None
+        self.compile, self.graphed_options, self.graphed = compile, graphed_options, None
+
+    def start(self, state, loop) -> None:
+        """Refuse what a replay cannot do, before any training; get ready to record."""
+        check_supported(state.device, state.precision, loop.grad_accum_steps, state.oom_retry,
+                        self.compile, state.optimizer)  # fmt: skip
+        if self.compiled:
+            self.compiled.start(state, loop)  # state.model compiled
+        self.graphed = GraphedStep(
+            state.model, state.optimizer, loop.max_grad_norm, state.precision, state.scaler,
+            **self.graphed_options,
+        )  # fmt: skip
+
+    def __call__(self, state, batch, sync: bool) -> torch.Tensor:
+        """Train on one batch: eagerly, recording, or replaying; return its detached loss."""
+        if self.compiled:
+            self.compiled.before_forward(state, batch)
+        return self.graphed(batch)
+
+    @property
+    def recordings(self) -> int:
+        """How many whole-step graphs this step has recorded (`ftlab bench` counts them)."""
+        return self.graphed.recordings if self.graphed else 0
+
+
 def check_supported(device, precision, grad_accum_steps, oom_retry, compile, optimizer) -> None:
-    """Raise a ValueError that says what to change if `fit(cuda_graph=True)` cannot replay."""
+    """Raise a ValueError that says what to change if `CudaGraphStep` cannot replay this run."""
     if torch.device(device).type not in GRAPH_DEVICES:
-        raise ValueError(f"cuda_graph=True needs a CUDA GPU; this run is on {device}")
+        raise ValueError(f"CudaGraphStep needs a CUDA GPU; this run is on {device}")
     problems = [  # (found, what to do instead)
         (precision == "fp16" and optimizer is not None and not _skips_on_device(optimizer),
          f"with fp16, GradScaler asks the host whether this {type(optimizer).__name__} may step; "
@@ -52,16 +82,16 @@ def check_supported(device, precision, grad_accum_steps, oom_retry, compile, opt
         (grad_accum_steps != 1, "gradient accumulation: use a larger batch, or grad_accum_steps=1"),
         (bool(oom_retry), "oom_retry re-splits batches into new shapes: pass oom_retry=False"),
         (_mode(compile) == "reduce-overhead", "compile='reduce-overhead' already records CUDA "
-         "graphs: use compile='default' (or none) with cuda_graph=True"),
+         "graphs: use CudaGraphStep(compile='default'), or no compile"),
         (distributed.world_size() > 1, "several processes: the gradient exchange is not "
-         "recorded; leave cuda_graph off under torchrun"),
+         "recorded; leave CudaGraphStep out under torchrun"),
         (optimizer is not None and not _recordable(optimizer), f"this {type(optimizer).__name__} "
          "cannot be recorded: leave optimizer=None (fused AdamW), or build AdamW/Adam with "
          "fused=True or capturable=True"),
     ]  # fmt: skip
     for found, instead in problems:
         if found:
-            raise ValueError(f"cuda_graph=True cannot replay this run: {instead}")
+            raise ValueError(f"CudaGraphStep cannot replay this run: {instead}")
 
 
 def _recordable(optimizer) -> bool:
@@ -149,8 +179,6 @@ class GraphedStep:
         With fp16 the loss is scaled and the gradients unscaled before clipping, all on the GPU:
         a fused AdamW reads GradScaler's overflow flag there and skips an overflowed step itself.
         """
-        from ftlab.training.step import compute_loss, optimizer_step
-
         dtype = AUTOCAST_DTYPES[self.precision]
         with torch.autocast(
             self.device.type, dtype=dtype, enabled=self.precision != "fp32", cache_enabled=False
@@ -191,7 +219,6 @@ class GraphedStep:
             for group, (lr, capturable) in zip(groups, saved, strict=True):
                 group["lr"], group["capturable"] = lr, capturable
         self.recordings += 1
-        _RECORDED["graphs"] += 1
         return Recorded(replay, inputs, loss)
 
     def _trainable(self) -> tuple:
@@ -204,11 +231,6 @@ class GraphedStep:
         self.eager_steps.clear()
         self.trainable = self._trainable()
         self.lr = torch.tensor(_lrs(self.optimizer), device=self.device)
-
-
-def recordings_made() -> int:
-    """How many whole-step graphs have been recorded in this process so far (`ftlab bench`)."""
-    return _RECORDED["graphs"]
 
 
 def shape_key(batch) -> tuple:

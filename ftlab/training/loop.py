@@ -1,10 +1,11 @@
-"""The training loop of lesson 02, packaged: `fit`, `evaluate`, `predict` and `History`.
+"""The training loop of lesson 02, packaged: `fit` and the step it runs on each batch.
 
 The core of `fit` is the loop a learner writes by hand in lesson 02 (forward, loss, backward,
 optimizer step, zero_grad). Around it, not inside layers of indirection: mixed precision,
 gradient accumulation and clipping, a learning-rate schedule, progress bars, callbacks, early
-stopping, checkpoints with exact resume (`ftlab/checkpoint.py`), mistake detection before the
-first step (`ftlab/diagnose.py`) and failures that say what to fix.
+stopping, checkpoints with exact resume (`checkpoint`), mistake detection before the first step
+(`diagnose`) and failures that say what to fix. What runs on each batch is a step object:
+`EagerStep` here; lesson 06's faster steps (`ftlab.scaling`) plug in the same way.
 """
 
 from __future__ import annotations
@@ -16,9 +17,6 @@ from dataclasses import dataclass
 import torch
 
 from ftlab.data.batches import batch_size, split_batch, to_device
-from ftlab.scaling import compile as compiling
-from ftlab.scaling import cuda_graphs as graphs
-from ftlab.scaling import vision
 from ftlab.setup.env import pick_device, pick_precision, seed_everything
 from ftlab.training import checkpoint, distributed
 from ftlab.training.diagnose import device_mismatch_message, out_of_memory_message, preflight
@@ -33,7 +31,7 @@ def fit(
     scheduler="linear", warmup_ratio=0.0, weight_decay=0.01, precision="auto", grad_accum_steps=1,
     max_grad_norm=1.0, callbacks=(), checkpoint_dir=None, resume=True, progress=True, seed=None,
     device=None, metrics=("accuracy",), early_stopping=None, check=True, checkpoint_every=None,
-    keep_last=2, oom_retry=False, compile=None, channels_last=False, cuda_graph=False,
+    keep_last=2, oom_retry=False, step=None,
 ) -> History:  # fmt: skip
     """Train `model` on `train_dl`, evaluate on `val_dl` after each epoch; return the History.
 
@@ -45,47 +43,38 @@ def fit(
     first: labels outside the model's outputs or an empty loader raise, other findings warn.
     `oom_retry=True` redoes a batch that ran out of GPU memory in halves (same effective batch).
     `early_stopping`: `EarlyStopping(monitor="accuracy", patience=2)` or a dict of its arguments.
-    Lesson 06: `compile="default"|"reduce-overhead"` runs the model through `torch.compile`
-    (or a dict of `compile_model`'s arguments: `{"mode": "reduce-overhead", "dynamic": True}`);
-    `channels_last=True` stores a CNN's weights NHWC; `cuda_graph=True` records each batch
-    shape's whole step as a CUDA graph and replays it (`ftlab.scaling.cuda_graphs`); under
-    `torchrun`/`accelerate launch` the same call trains data-parallel
-    (`ftlab.training.distributed`): only rank 0 prints and writes.
+    `step` trains on one batch: `EagerStep()` by default; lesson 06's `ftlab.scaling` has faster
+    ones (`CompiledStep`, `CudaGraphStep`). Under `torchrun`/`accelerate launch` the same call
+    trains data-parallel (`ftlab.training.distributed`): only rank 0 prints and writes.
     """
     device = distributed.local_device(pick_device(device))  # cuda:<local rank> under a launcher
-    if cuda_graph:  # what a replayed step cannot do is refused before any work
-        graphs.check_supported(device, pick_precision(device, precision), grad_accum_steps,
-                               oom_retry, compile, optimizer)  # fmt: skip
     model.to(device)
-    if channels_last:
-        vision.channels_last(model)
     progress = progress and distributed.is_main_process()
     if seed is not None:
         seed_everything(seed)
-    first_labels = preflight(
-        model, train_dl, optimizer, lr if optimizer is None else None, device, check, callbacks
-    )
+    preflight(model, train_dl, optimizer, lr if optimizer is None else None, device, check,
+              callbacks)  # fmt: skip
     optimizer = optimizer or default_optimizer(model, lr, weight_decay, device)
     # Launched on several processes: a DDP model and sharded loaders; one process: unchanged.
     model, train_dl, val_dl = distributed.prepare(model, train_dl, val_dl, device)
-    if compile:
-        model = _compiled(model, compile, first_labels)
     total_steps = _total_steps(train_dl, num_epochs, grad_accum_steps, max_steps)
-    loop = Loop(total_steps, grad_accum_steps, max_grad_norm, metrics, checkpoint_dir,
-                checkpoint_every, keep_last)  # fmt: skip
+    loop = Loop(total_steps, step or EagerStep(), num_epochs, grad_accum_steps, max_grad_norm,
+                metrics, checkpoint_dir, checkpoint_every, keep_last)  # fmt: skip
     callbacks = [*callbacks, *filter(None, [as_early_stopping(early_stopping)])]
     state = _new_state(model, optimizer, device, precision, callbacks, seed, oom_retry)
-    if cuda_graph:  # lesson 06: each batch shape's whole step, recorded once and replayed
-        loop.graphed = graphs.GraphedStep(model, optimizer, max_grad_norm, state.precision,
-                                          state.scaler)  # fmt: skip
     state.scheduler = make_scheduler(optimizer, scheduler, total_steps, warmup_ratio)
+    loop.train_step.start(state, loop)  # a lesson-06 step checks the run, compiles, ...
     if checkpoint_dir and resume:
         checkpoint.resume(checkpoint_dir, state, verbose=progress)
-    log = StepLog(state, progress, num_epochs)
-    optimizer.zero_grad(set_to_none=True)  # gradients left from earlier use must not leak in
+    return train(state, train_dl, val_dl, loop, StepLog(state, progress, num_epochs))
+
+
+def train(state: TrainState, train_dl, val_dl, loop: Loop, log: StepLog) -> History:
+    """Lesson 02's epochs: a pass over `train_dl`, then evaluation on `val_dl`, each epoch."""
+    state.optimizer.zero_grad(set_to_none=True)  # gradients left from earlier use must not leak
     state.call("on_train_start")
-    for epoch in range(state.epoch, num_epochs):
-        if state.step >= total_steps or state.stop:
+    for epoch in range(state.epoch, loop.num_epochs):
+        if state.step >= loop.total_steps or state.stop:
             break
         state.epoch, started = epoch, time.perf_counter()
         train_epoch(state, train_dl, log, loop)
@@ -94,18 +83,41 @@ def fit(
     return state.history
 
 
+class EagerStep:
+    """Lesson 02's step on one batch; `fit` calls it for every batch and returns its loss.
+
+    Taught in lesson 02: forward and backward under autocast, then, at the end of a
+    gradient-accumulation group (`sync`), clip, step and zero_grad. `fit(step=...)` takes any
+    object with these two methods: lesson 06's `ftlab.scaling` builds faster ones on this one.
+    """
+
+    def start(self, state: TrainState, loop: Loop) -> None:
+        """Get ready before the first batch; raise, before any training, what cannot run."""
+        self.grad_accum_steps, self.max_grad_norm = loop.grad_accum_steps, loop.max_grad_norm
+
+    def __call__(self, state: TrainState, batch, sync: bool) -> torch.Tensor:
+        """Train on one batch; return its detached loss."""
+        with distributed.sync_gradients(state.model, sync):  # several processes: average
+            loss = forward_backward(state, batch, self.grad_accum_steps)  # autocast, backward
+        if sync:
+            optimizer_step(state.optimizer, state.scaler, self.max_grad_norm)  # clip, step
+            state.optimizer.zero_grad(set_to_none=True)
+        return loss
+
+
 @dataclass
 class Loop:
     """What `fit` was asked to do, beside the model and the data: read by the epoch's loop."""
 
     total_steps: int
+    train_step: EagerStep  # or any object with its start() and __call__()
+    num_epochs: int = 1
     grad_accum_steps: int = 1
     max_grad_norm: float | None = 1.0
     metrics: tuple = ("accuracy",)
     checkpoint_dir: str | None = None
     checkpoint_every: int | None = None
     keep_last: int = 2
-    graphed: graphs.GraphedStep | None = None  # fit(cuda_graph=True): steps replayed
 
 
 def train_epoch(state: TrainState, train_dl, log: StepLog, loop: Loop) -> None:
@@ -121,7 +133,7 @@ def train_epoch(state: TrainState, train_dl, log: StepLog, loop: Loop) -> None:
     for step, batch in enumerate(log.progress(batches, num_batches), state.batch_in_epoch):
         batch = to_device(batch, state.device)
         sync = (step + 1) % loop.grad_accum_steps == 0 or step + 1 == num_batches
-        loss = train_step(state, batch, loop, sync)  # forward, backward; step and zero_grad
+        loss = loop.train_step(state, batch, sync)  # forward, backward; at sync step, zero_grad
         log.add_batch(loss, batch_size(batch))
         if sync:
             state.scheduler.step()
@@ -130,23 +142,6 @@ def train_epoch(state: TrainState, train_dl, log: StepLog, loop: Loop) -> None:
             if state.step >= loop.total_steps or state.stop:
                 break
     log.flush()
-
-
-def train_step(state: TrainState, batch, loop: Loop, sync: bool) -> torch.Tensor:
-    """Lesson 02's step on one batch; return its detached loss.
-
-    Forward and backward (autocast, scaled), then, at the end of a gradient-accumulation group
-    (`sync`), clip, step and zero_grad. With `fit(cuda_graph=True)` the same step is replayed
-    from a CUDA graph (lesson 06).
-    """
-    if loop.graphed:
-        return loop.graphed(batch)
-    with distributed.sync_gradients(state.model, sync):  # several processes: average gradients
-        loss = forward_backward(state, batch, loop.grad_accum_steps)  # autocast, backward
-    if sync:
-        optimizer_step(state.optimizer, state.scaler, loop.max_grad_norm)
-        state.optimizer.zero_grad(set_to_none=True)
-    return loss
 
 
 def end_epoch(state: TrainState, val_dl, log: StepLog, loop: Loop, seconds: float) -> None:
@@ -169,14 +164,6 @@ def _after_step(state: TrainState, log: StepLog, loop: Loop) -> None:
     if loop.checkpoint_dir and loop.checkpoint_every and state.step % loop.checkpoint_every == 0:
         log.flush()
         checkpoint.save(loop.checkpoint_dir, state, loop.keep_last)
-
-
-def _compiled(model, compile, first_labels):
-    """Return fit's model through torch.compile; `compile`: a mode, or compile_model's args."""
-    # HF's first forward would set config.problem_type, which forces a second compilation
-    compiling.settle_problem_type(distributed.unwrap(model), first_labels)
-    options = {"mode": compile} if isinstance(compile, str) else dict(compile)
-    return compiling.compile_model(model, **options)
 
 
 def _new_state(model, optimizer, device, precision, callbacks, seed, oom_retry) -> TrainState:

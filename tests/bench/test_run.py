@@ -131,13 +131,16 @@ def test_the_step_timer_counts_the_graphs_each_step_compiled():
     assert timer.compiled == 2 and timer.recorded == 0
 
 
-def test_the_step_timer_counts_whole_steps_recorded_as_graphs_too(monkeypatch):
-    from ftlab.scaling import cuda_graphs as graphs
+def test_the_step_timer_counts_whole_steps_recorded_as_graphs_too():
+    class Recording:  # a CudaGraphStep's count of the whole steps it recorded
+        recordings = 0
 
     timer = bench_timing.StepTimer(torch.device("cpu"), {"steps": 4, "warmup_steps": 1})
+    graphed = Recording()
+    assert timer.count_recordings(graphed) is graphed
     for step in range(4):
-        if step == 2:  # fit(cuda_graph=True) meets a new shape: it records that step
-            monkeypatch.setitem(graphs._RECORDED, "graphs", graphs.recordings_made() + 1)
+        if step == 2:  # the CudaGraphStep meets a new shape: it records that step
+            graphed.recordings += 1
         timer.step_end()
     assert timer.graphs == [0, 0, 1, 1] and (timer.compiled, timer.recorded) == (0, 1)
 

@@ -178,8 +178,8 @@ def test_fit_refuses_cuda_graph_on_the_cpu_before_training():
     model = mlp()
     before = [p.detach().clone() for p in model.parameters()]
     train_dl = DataLoader(blobs(16), batch_size=8)
-    with pytest.raises(ValueError, match="cuda_graph=True needs a CUDA GPU; this run is on cpu"):
-        fit(model, train_dl, device="cpu", progress=False, cuda_graph=True)
+    with pytest.raises(ValueError, match="CudaGraphStep needs a CUDA GPU; this run is on cpu"):
+        fit(model, train_dl, device="cpu", progress=False, step=graphs.CudaGraphStep())
     assert all(torch.equal(p, b) for p, b in zip(model.parameters(), before, strict=True))
 
 
@@ -262,7 +262,7 @@ def test_a_failed_recording_says_what_to_remove_and_puts_adamw_back():
     step.capture = failing
     step(_batch(8))  # eager
     with pytest.raises(RuntimeError, match=r"(?s)recording the training step.*not permitted.*"
-                       r"no \.item\(\).*without cuda_graph=True") as raised:  # fmt: skip
+                       r"no \.item\(\).*without CudaGraphStep") as raised:  # fmt: skip
         step(_batch(8))
     assert isinstance(raised.value.__cause__, RuntimeError)
     for group in optimizer.param_groups:  # as it was built: a float lr, not capturable

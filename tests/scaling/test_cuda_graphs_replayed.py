@@ -1,4 +1,4 @@
-"""`fit(cuda_graph=True)` with every recorded step replayed from a tape (helpers/graph_tape.py).
+"""`fit(step=CudaGraphStep())`, every recorded step replayed from a tape (helpers/graph_tape.py).
 
 On a GPU a replay runs the recorded kernels and no Python. The tape keeps that rule on the CPU,
 so these tests check that lesson 02's step for an MLP, BERT and ResNet-18, replayed as recorded,
@@ -63,7 +63,7 @@ def _fit(monkeypatch, make_model, loader, cuda_graph, precision, tapes=None, epo
     options = {"lr": 1e-3, "warmup_ratio": 0.2, **kwargs}  # warm-up, then linear decay
     history = fit(
         model, loader(), num_epochs=epochs, seed=0, device="cpu", progress=False,
-        cuda_graph=cuda_graph, precision=precision, **options,
+        step=graphs.CudaGraphStep() if cuda_graph else None, precision=precision, **options,
     )  # fmt: skip
     return model, history
 

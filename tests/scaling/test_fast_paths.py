@@ -179,7 +179,7 @@ def _fit(model, **kwargs):
 def test_fit_channels_last_trains_the_same_weights():
     plain, nhwc = _cnn(), _cnn()
     _fit(plain)
-    _fit(nhwc, channels_last=True)
+    _fit(vision.channels_last(nhwc))  # the learner applies it to the model
     assert nhwc[0].weight.is_contiguous(memory_format=torch.channels_last)
     for a, b in zip(plain.parameters(), nhwc.parameters(), strict=True):
         assert torch.allclose(a, b, atol=1e-5)
@@ -187,7 +187,7 @@ def test_fit_channels_last_trains_the_same_weights():
 
 def test_fit_compile_trains_the_same_weights_and_saves_plain_keys(monkeypatch, tmp_path):
     with pytest.raises(ValueError, match="compile mode"):
-        _fit(_cnn(), compile="fastest")
+        _fit(_cnn(), step=compiling.CompiledStep("fastest"))
     calls, compile_model = [], compiling.compile_model
 
     def eager_compile(model, mode, **options):  # the same wiring, without C++ compilation
@@ -197,7 +197,7 @@ def test_fit_compile_trains_the_same_weights_and_saves_plain_keys(monkeypatch, t
     monkeypatch.setattr(compiling, "compile_model", eager_compile)
     plain, compiled = _cnn(), _cnn()
     _fit(plain)
-    _fit(compiled, compile="reduce-overhead", checkpoint_dir=tmp_path)
+    _fit(compiled, step=compiling.CompiledStep("reduce-overhead"), checkpoint_dir=tmp_path)
     assert calls == ["reduce-overhead"]
     for a, b in zip(plain.parameters(), compiled.parameters(), strict=True):
         assert torch.allclose(a, b, atol=1e-6)
@@ -268,6 +268,6 @@ def test_fit_compiles_once_for_every_bucket_with_dynamic(monkeypatch, dynamic, s
         monkeypatch.setattr(compiling, "settle_problem_type", lambda model, labels: None)
     model, batches = _tiny_bert_batches([16, 8, 16, 8])
     torch._dynamo.reset()
-    fit(model, batches, compile={"mode": "default", "dynamic": dynamic}, device="cpu",
+    fit(model, batches, step=compiling.CompiledStep("default", dynamic=dynamic), device="cpu",
         progress=False, check=False, seed=0)  # fmt: skip
     assert len(compiled_graphs) == graphs
