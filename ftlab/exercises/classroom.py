@@ -44,6 +44,7 @@ class Settings:
 def grade_class(submissions: Path, out: Path, settings: Settings, resume=False, say=print):
     """Grade every student in `submissions`; write `out`; return (rows, students that failed)."""
     found = _students(submissions)
+    out.parent.mkdir(parents=True, exist_ok=True)
     journal, log = _journal_path(out), _log_path(out)
     done = _rows_on_record(out, journal) if resume else {}
     done = {student: rows for student, rows in done.items() if student in found}

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from ftlab.exercises import checks, remote, wire
 from ftlab.exercises.kernel import GradingError, Kernel
 
+# Imports torch and the checks' tools before any student cell: every student's clock starts after.
 SETUP = "__import__('ftlab.exercises.serve').exercises.serve.install(globals())"
 SETUP_TIMEOUT = 300  # seconds for the grader's setup cell in a fresh kernel
 

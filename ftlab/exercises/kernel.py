@@ -18,7 +18,7 @@ from pathlib import Path
 from ftlab.exercises import sandbox
 
 STARTUP_TIMEOUT = 120  # seconds for a fresh kernel to answer
-INTERRUPT_GRACE = 10  # seconds a cell gets to stop after an interrupt
+INTERRUPT_GRACE = 5  # seconds a cell gets to stop after an interrupt
 OUTPUT_LIMIT = 16 << 20  # bytes of output a submission may print in all
 
 
@@ -117,11 +117,11 @@ class Kernel:
         self.printed += len(text)
         if self.printed > OUTPUT_LIMIT:
             self._stop(f"printed more than {OUTPUT_LIMIT >> 20} MB")
-        if message.get("parent_header", {}).get("msg_id") != message_id:
-            return False
-        if kind == "stream" and nonce and f"\n{nonce} " in text:
+        if kind == "stream" and nonce and f"\n{nonce} " in text:  # the nonce is enough
             line = text.split(f"\n{nonce} ", 1)[1].split("\n", 1)[0]
             outcome.reply = line if outcome.reply is None else ""  # two replies: forged
+        if message.get("parent_header", {}).get("msg_id") != message_id:
+            return False
         if kind == "error":
             outcome.error = f"{content.get('ename')}: {content.get('evalue')}".rstrip(": ")[:300]
         return kind == "status" and content.get("execution_state") == "idle"

@@ -37,12 +37,13 @@ PRIVATE_TMP = ("/tmp", "/var/tmp", "/dev/shm", "/run/lock")
 class Limits:
     """Resource limits of one kernel (bytes and seconds)."""
 
-    memory: int = 6 << 30  # total resident memory of the whole tree (watchdog)
+    memory: int = 6 << 30  # memory of the whole tree, shared pages counted once (watchdog)
     address_space: int = 12 << 30  # RLIMIT_AS per process (torch maps ~4 GiB on import)
     cpu_seconds: int = 1800  # RLIMIT_CPU per process
     file_size: int = 256 << 20  # RLIMIT_FSIZE: largest file it may write
     disk: int = 512 << 20  # size of each private tmpfs (working folder, /tmp, ...)
-    processes: int = 256  # RLIMIT_NPROC of its own uid (threads count), and watchdog cap
+    processes: int = 64  # processes at once (watchdog)
+    threads: int = 256  # RLIMIT_NPROC of its own uid: threads and processes (Linux counts both)
     open_files: int = 1024
 
 
@@ -94,19 +95,21 @@ class Sandbox:
 
     def stop(self) -> None:
         """Kill the kernel and everything it started, then remove its folder."""
-        for _ in range(3):  # processes forking while we kill: sweep until none is left
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:  # processes fork while we kill: sweep until none
             try:
                 os.killpg(self.process.pid, signal.SIGKILL)
             except OSError:
                 pass
-            for pid in self.pids():
+            left = self.pids()
+            for pid in left:
                 try:
                     os.kill(pid, signal.SIGKILL)
                 except OSError:
                     pass
-            if not self.pids():
+            if not left:
                 break
-            time.sleep(0.05)
+            time.sleep(0.1)
         try:
             self.process.wait(timeout=10)
         except subprocess.TimeoutExpired:
@@ -211,13 +214,15 @@ def _quote(path: Path) -> str:
 
 
 def _limit(limits: Limits) -> None:
-    # In the child before exec: a session of its own, then the limits (inherited by all).
+    # In the child before exec: a session of its own, a lower priority than the grader's (a
+    # busy kernel must not starve the watchdog), then the limits (inherited by all).
     os.setsid()
+    os.nice(10)
     pairs = (
         (resource.RLIMIT_AS, limits.address_space),
         (resource.RLIMIT_CPU, limits.cpu_seconds),
         (resource.RLIMIT_FSIZE, limits.file_size),
-        (resource.RLIMIT_NPROC, limits.processes),
+        (resource.RLIMIT_NPROC, limits.threads),
         (resource.RLIMIT_NOFILE, limits.open_files),
         (resource.RLIMIT_CORE, 0),
     )
@@ -276,6 +281,14 @@ def _zombie(pid: str) -> bool:
 
 
 def _resident_bytes(pid: int) -> int:
+    # Proportional set size: pages shared after a fork count once, not once per process.
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as handle:
+            for line in handle:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
     try:
         with open(f"/proc/{pid}/statm") as handle:
             return int(handle.read().split()[1]) * resource.getpagesize()
