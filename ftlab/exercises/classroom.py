@@ -50,7 +50,7 @@ def grade_class(submissions: Path, out: Path, settings: Settings, resume=False, 
     done = {student: rows for student, rows in done.items() if student in found}
     if resume:
         others = len(found) - len(done)
-        say(f"--resume: {len(done)} students already have rows; grading the other {others}")
+        say(f"--resume: {len(done)} already graded in {out.name}; grading the other {others}")
     elif journal.exists():
         journal.unlink()
     todo = [(student, paths) for student, paths in found.items() if student not in done]

@@ -58,7 +58,9 @@ ATTACKS = {
         "    except Exception:\n"
         "        pass\n"
     ),
-    "fork_bomb": "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n",
+    "fork_bomb": (
+        "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n"
+    ),
     "memory_hog": "hog = []\nwhile True:\n    hog.append(b'x' * (64 << 20))\n",
     "fill_disk": (
         "number = 0\n"
@@ -210,7 +212,6 @@ def test_jobs_give_the_same_rows_and_resume_grades_only_the_missing(tmp_path, ca
     submissions = tmp_path / "class"
     _write(_notebook(LESSON, "predicted_max_lr = 0.1"), submissions / "ann.ipynb")
     _write(_notebook(LESSON, ATTACKS["patch_builtins"]), submissions / "bob.ipynb")
-    _write(_notebook(LESSON, "a = 2.0\ncritical_lr = 1.0"), submissions / "cid.ipynb")
     tables = []
     for jobs in ("1", "2"):
         out = tmp_path / f"jobs{jobs}.csv"
@@ -220,10 +221,10 @@ def test_jobs_give_the_same_rows_and_resume_grades_only_the_missing(tmp_path, ca
     assert tables[0] == tables[1]
     assert "ann,01.q4,1,2" in tables[0] and "bob,01.q1,0,2,tampered" in tables[0]
     out = tmp_path / "jobs1.csv"
-    kept = [line for line in tables[0].splitlines() if not line.startswith("cid,")]
-    out.write_text("\n".join(kept) + "\n")  # as if the run stopped before cid
+    kept = [line for line in tables[0].splitlines() if not line.startswith("bob,")]
+    out.write_text("\n".join(kept) + "\n")  # as if the run stopped before bob
     capsys.readouterr()
     assert main(["grade", str(submissions), "--out", str(out), "--resume"]) == 0
-    assert "2 students already have rows; grading the other 1" in capsys.readouterr().out
+    assert "--resume: 1 already graded in jobs1.csv; grading the other 1" in capsys.readouterr().out
     assert out.read_text() == tables[0]
     assert list(tmp_path.glob("jobs1-*.log")), "no log of the run"
