@@ -19,7 +19,6 @@ from typing import Any
 from ftlab.exercises import mirror, wire
 from ftlab.exercises.serve import code_digests
 
-
 ALWAYS_LOADED = ("ftlab.exercises.serve", "ftlab.exercises.wire", "ftlab.exercises.mirror")
 
 
