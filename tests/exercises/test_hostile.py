@@ -103,7 +103,7 @@ def _graded_class(tmp: Path) -> tuple[int, dict, str, float]:
     )
     attacks = dict(ATTACKS, read_hidden=reader, write_outside=_writer(out, submissions))
     if not ISOLATED:  # as the grader's own user these would reach the grader itself
-        for name in ("kill_parent", "fork_bomb", "write_outside"):
+        for name in ("kill_parent", "fork_bomb", "write_outside", "fill_disk"):
             attacks.pop(name)
     for name, source in attacks.items():
         _write(_notebook(LESSON, source, 'check("q1")'), submissions / f"{name}.ipynb")
