@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from ftlab.exercises import mirror, wire
-from ftlab.exercises.serve import code_digests
+from ftlab.exercises.tamper import code_digests
 
 ALWAYS_LOADED = ("ftlab.exercises.serve", "ftlab.exercises.wire", "ftlab.exercises.mirror")
 

@@ -131,31 +131,24 @@ def start(
     only the sandbox's user can reach; "{run_dir}" in `command` is replaced by that folder.
     """
     isolated = namespaces_available()
-    run_dir = Path(tempfile.mkdtemp(prefix="ftlab-grade-", dir=_scratch_root(isolated)))
     uid = FIRST_UID + slot if isolated else None
-    sock, copy, work = run_dir / "sock", run_dir / "submission", run_dir / "work"
-    for folder in (sock, copy, work):
-        folder.mkdir()
-    _copy_submission(submission, copy)
+    run_dir, sock, copy, work = _folders(submission, uid)
     prepared = prepare(sock) if prepare else None
     if uid is not None:
-        os.chmod(run_dir, 0o711)
         for folder in (sock, copy, work):
             _chown_tree(folder, uid)
     command = [part.replace("{run_dir}", str(sock)) for part in command]
-    env = _environment(work if isolated else copy)
     enforced = ["own session and process group", "copy of only this submission", "rlimits"]
     if isolated:
         script = _namespace_script(copy, work, hide, limits, uid)
-        full = ["unshare", "--net", "--pid", "--mount", "--fork", "--kill-child"]
-        full += ["--mount-proc", "sh", "-c", script, "sandbox", *command]
+        command = ["unshare", "--net", "--pid", "--mount", "--fork", "--kill-child"] + [
+            "--mount-proc", "sh", "-c", script, "sandbox", *command
+        ]  # fmt: skip
         enforced += [f"uid {uid}", "no network", "own PID and mount namespaces", "tmpfs"]
-    else:
-        full = command
     process = subprocess.Popen(
-        full,
-        cwd=copy if not isolated else "/",
-        env=env,
+        command,
+        cwd="/" if isolated else copy,
+        env=_environment(work if isolated else copy),
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=_debug_log(),
@@ -163,6 +156,18 @@ def start(
         close_fds=True,
     )
     return Sandbox(process, run_dir, work if isolated else copy, uid, limits, enforced), prepared
+
+
+def _folders(submission: Path, uid: int | None) -> tuple[Path, Path, Path, Path]:
+    # run_dir/sock: connection file and sockets; submission: the copy; work: the kernel's cwd.
+    run_dir = Path(tempfile.mkdtemp(prefix="ftlab-grade-", dir=_scratch_root(uid is not None)))
+    folders = [run_dir / name for name in ("sock", "submission", "work")]
+    for folder in folders:
+        folder.mkdir()
+    _copy_submission(submission, folders[1])
+    if uid is not None:
+        os.chmod(run_dir, 0o711)  # the sandbox's uid may pass through, not list or write
+    return (run_dir, *folders)
 
 
 def namespaces_available() -> bool:
@@ -204,7 +209,7 @@ def _namespace_script(copy: Path, work: Path, hide: list[Path], limits: Limits, 
     lines.append(f"mount -t tmpfs -o {disk},mode=700,uid={uid},gid={uid} none {_quote(work)}")
     lines.append(f"cp -a {_quote(copy)}/. {_quote(work)}/ && chown -R {uid}:{uid} {_quote(work)}")
     lines.append(f"cd {_quote(work)}")
-    drop = f"setpriv --reuid {uid} --regid {uid} --clear-groups --no-new-privs"
+    drop = f"setpriv --reuid {uid} --regid {uid} --clear-groups --no-new-privs --pdeathsig KILL"
     lines.append(f'exec {drop} --inh-caps=-all --bounding-set=-all "$@"')
     return "\n".join(lines)
 
@@ -217,6 +222,7 @@ def _limit(limits: Limits) -> None:
     # In the child before exec: a session of its own, a lower priority than the grader's (a
     # busy kernel must not starve the watchdog), then the limits (inherited by all).
     os.setsid()
+    _die_with_parent()
     os.nice(10)
     pairs = (
         (resource.RLIMIT_AS, limits.address_space),
@@ -231,6 +237,17 @@ def _limit(limits: Limits) -> None:
             resource.setrlimit(which, (value, value))
         except (ValueError, OSError):
             pass
+
+
+def _die_with_parent() -> None:
+    # Linux: if the grader dies, this process gets SIGKILL (and unshare's --kill-child passes it
+    # on), so a killed grader leaves no kernels behind.
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def _environment(work: Path) -> dict:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import builtins
 import contextlib
-import hashlib
 import importlib
 import json
 import random
@@ -24,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ftlab.exercises import mirror, wire
+from ftlab.exercises import mirror, tamper, wire
 
 PROBES: dict[str, Callable] = {}
 WATCHED_BUILTINS = ("print", "len", "isinstance", "type", "open", "__import__", "repr", "float")
@@ -57,8 +56,8 @@ def serve(request_text: str) -> None:
         body = handle(request, _state["namespace"])
     except BaseException as error:  # noqa: BLE001 - a request must always get a reply
         body = {"failed": f"{type(error).__name__}: {error}"[:300]}
-    body["signs"] = signs_of_tampering()
-    body["code"] = code_digests()
+    body["signs"] = tamper.signs(_state)
+    body["code"] = tamper.code_digests()
     text = json.dumps(body)
     _state["stdout"].write(f"\n{request['nonce']} {text}\n")
     _state["stdout"].flush()
@@ -141,83 +140,6 @@ def invoke(
 def inside_invoke() -> bool:
     """True while a request (or a self-check's call) is running: calls then stay live."""
     return bool(_state.get("invoking"))
-
-
-def signs_of_tampering() -> list[str]:
-    """What student code changed that grading relies on: builtins, stdout, torch comparisons."""
-    signs = [
-        f"builtins.{name} was replaced"
-        for name, original in _state.get("builtins", {}).items()
-        if getattr(builtins, name, None) is not original
-    ]
-    if "stdout" in _state and sys.stdout is not _state["stdout"]:
-        signs.append("sys.stdout was replaced")
-    torch = sys.modules.get("torch")
-    if torch is not None:
-        signs += _torch_signs(torch)
-    return signs
-
-
-def _torch_signs(torch) -> list[str]:
-    names = ("allclose", "isclose", "equal", "isfinite", "eq", "abs", "max", "where")
-    signs = [
-        f"torch.{name} was replaced"
-        for name in names
-        if type(getattr(torch, name, None)).__name__ != "builtin_function_or_method"
-    ]
-    for name in ("__eq__", "allclose", "item", "tolist", "__float__"):
-        kind = type(vars(torch.Tensor).get(name) or getattr(torch._C.TensorBase, name, None))
-        if kind.__name__ not in ("method_descriptor", "wrapper_descriptor", "function"):
-            signs.append(f"torch.Tensor.{name} was replaced")
-        elif kind.__name__ == "function" and "torch" not in getattr(
-            getattr(torch.Tensor, name), "__module__", ""
-        ):
-            signs.append(f"torch.Tensor.{name} was replaced")
-    functional = sys.modules.get("torch.nn.functional")
-    for name in ("cross_entropy", "nll_loss", "softmax", "log_softmax"):
-        found = getattr(functional, name, None) if functional else None
-        if found is not None and getattr(found, "__module__", "") != "torch.nn.functional":
-            signs.append(f"torch.nn.functional.{name} was replaced")
-    return signs
-
-
-def code_digests() -> dict[str, str]:
-    """A digest of the functions of each loaded `ftlab.exercises` module (to spot patching)."""
-    return {
-        name: module_digest(module)
-        for name, module in sorted(sys.modules.items())
-        if name.startswith("ftlab.exercises") and module is not None
-    }
-
-
-def module_digest(module) -> str:
-    """Hash of what the module's names point to: ftlab's own code in full, others by name."""
-    parts = []
-    for name, value in sorted(vars(module).items()):
-        if isinstance(value, type) and value.__module__.startswith("ftlab"):
-            members = sorted((f"{name}.{k}", v) for k, v in vars(value).items())
-        else:
-            members = [(name, value)]
-        for label, item in members:
-            code = getattr(item, "__code__", None)
-            origin = f"{getattr(item, '__module__', '')}.{getattr(item, '__qualname__', '')}"
-            if code is not None and str(getattr(item, "__module__", "")).startswith("ftlab"):
-                parts.append(f"{label}:{origin}:{_code_text(code)}")
-            elif callable(item):
-                parts.append(f"{label}:{origin}")
-    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:20]
-
-
-def _code_text(code) -> str:
-    consts = [
-        _code_text(c)
-        if hasattr(c, "co_code")
-        else repr(sorted(map(repr, c)))
-        if isinstance(c, frozenset)
-        else repr(c)
-        for c in code.co_consts
-    ]
-    return f"{code.co_code.hex()}{code.co_names}{consts}"
 
 
 def _argument(item: Any, namespace: dict) -> Any:
