@@ -1,3 +1,4 @@
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -72,3 +73,48 @@ def test_prefetch_loads_a_text_data_set_by_the_same_names_as_the_lessons(monkeyp
     assert calls == [("glue", "sst2"), ("nyu-mll/glue", "sst2"), ("nyu-mll/glue", "sst2"),
                      ("imdb", None)]  # fmt: skip
     assert saved[2] == "nyu-mll__glue__sst2"
+
+
+def test_every_command_turns_bad_input_into_one_line_and_a_nonzero_exit(
+    tmp_path, capsys, monkeypatch
+):
+    empty, broken = tmp_path / "empty", tmp_path / "broken"
+    empty.mkdir()
+    broken.mkdir()
+    (broken / "01_math_of_fine_tuning.ipynb").write_text('{"cells": [')
+    cases = [
+        (["doctor"], {"FTLAB_PROFILE": "bogus"}, "FTLAB_PROFILE='bogus' is not a profile"),
+        (["doctor", "--bogus"], {}, "unrecognized arguments: --bogus"),
+        (["prefetch", "--bogus"], {}, "unrecognized arguments: --bogus"),
+        (["bench", "--bogus"], {}, "unrecognized arguments: --bogus"),
+        (["exercises", "bogus"], {}, "invalid choice: 'bogus'"),
+        (["exercises", "grade", str(tmp_path / "missing")], {}, "is not a folder of submissions"),
+        (["exercises", "grade", str(empty)], {}, "no submissions in"),
+        (["exercises", "grade", str(empty), "--jobs", "x"], {}, "invalid int value: 'x'"),
+        (["exercises", "build", "--solutions", str(broken)], {}, "not a readable notebook"),
+        (["exercises", "build", "--hidden", str(empty / "no.py")], {}, "cannot load hidden checks"),
+        (["nosuch"], {}, "usage: ftlab"),
+    ]
+    for arguments, environment, phrase in cases:
+        with monkeypatch.context() as patch:
+            for name, value in environment.items():
+                patch.setenv(name, value)
+            status = cli.main(arguments)
+        printed = capsys.readouterr()
+        output = printed.out + printed.err
+        assert status != 0, (arguments, output)
+        assert "Traceback" not in output, (arguments, output)
+        assert phrase in output, (arguments, output)
+        assert len(printed.err.strip().splitlines()) <= 1, (arguments, printed.err)
+
+
+def test_a_bad_profile_from_the_console_script_is_one_line_without_a_traceback():
+    result = subprocess.run(
+        [sys.executable, "-m", "ftlab.cli", "doctor"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "FTLAB_PROFILE": "bogus"},
+        timeout=300,
+    )
+    assert result.returncode == 1 and "Traceback" not in result.stdout + result.stderr
+    assert result.stderr.startswith("error: FTLAB_PROFILE='bogus' is not a profile")

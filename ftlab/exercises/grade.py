@@ -1,23 +1,26 @@
-"""Grade a class: each submission runs in its own kernel, checks in place of its check cells.
+"""Grade one submission: its cells run in a sandboxed kernel, its questions are judged here.
 
-`ftlab exercises grade SUBMISSIONS_DIR` writes one CSV row per student and question (student,
-question, points, max_points, message) and prints a summary; `ftlab exercises build` grades each
-solution with the same code before it writes the exercises. Why a kernel per notebook, and what
-is skipped, is explained in `ftlab.exercises.grading`. Course tooling.
+The submission's cells run in order in a fresh kernel (`ftlab.exercises.kernel`, isolated by
+`ftlab.exercises.sandbox`), skipping the cells tagged `expensive`. Where a `check("qN")` cell
+was, the grader judges question N in its own process: the checks read the student's names
+through `ftlab.exercises.remote.RemoteNamespace`, so the student's code runs in the kernel on
+inputs the grader chose and only plain data comes back. Hidden tests (the instructor's file, and
+the solution's `### BEGIN HIDDEN TESTS` blocks) run here too and never enter the kernel. Signs
+of tampering give every question of the submission 0 points and the message "tampered".
+Course tooling.
 """
 
 from __future__ import annotations
 
-import json
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import nbformat
 
-from ftlab.exercises import checks
+from ftlab.exercises import checks, sandbox
 from ftlab.exercises.build import CHECK_CALL, EXPENSIVE_TAG, hidden_tests, lesson_of_path
-from ftlab.exercises.kernel import MARKER, Run, execute
+from ftlab.exercises.judge import SETUP, Run, execute
 
 
 @dataclass
@@ -31,25 +34,14 @@ class Row:
     message: str
 
 
-def report(name: str, namespace: dict, hidden_source: str = "") -> None:
-    """Run in the student's kernel: grade one question and print the result on one line."""
-    question_id = f"{namespace['__ftlab_lesson__']}.{name}"
-    result = checks.run(question_id, namespace)
-    if hidden_source and result.passed:
-        try:
-            exec(compile(hidden_source, "<hidden tests>", "exec"), namespace)
-        except Exception as error:
-            message = f"hidden test failed: {type(error).__name__}: {error}".rstrip(": ")
-            result = checks.Result(question_id, 0, result.max_points, message)
-    print(MARKER + json.dumps(asdict(result)))
+@dataclass
+class Sandboxing:
+    """Where and how a submission's kernel runs: its files, hidden paths, limits and slot."""
 
-
-def kernel_setup(lesson: str, hidden: str | None, namespace: dict) -> None:
-    """Run in the student's kernel before any of its cells: load the lesson's checks."""
-    checks.load_lesson(lesson)
-    if hidden:
-        checks.load_hidden(hidden)
-    namespace["__ftlab_lesson__"] = lesson
+    copy: Path | None = None  # what the kernel's folder holds (default: the notebook alone)
+    hide: list[Path] = field(default_factory=list)
+    limits: sandbox.Limits = field(default_factory=sandbox.Limits)
+    slot: int = 0
 
 
 def grade_notebook(
@@ -59,8 +51,13 @@ def grade_notebook(
     timeout: float = 600,
     cell_timeout: float = 120,
     hidden: Path | None = None,
+    sandboxing: Sandboxing | None = None,
 ) -> list[Row]:
-    """Grade one submission; a bad file gives rows that say why, never an exception."""
+    """Grade one submission; a bad file gives rows that say why, never an exception.
+
+    Hidden checks from `hidden` must already be loaded (`checks.load_hidden`); the path is only
+    hidden from the kernel.
+    """
     try:
         notebook = _read(path)
     except ValueError as error:
@@ -73,8 +70,12 @@ def grade_notebook(
         question_ids = checks.questions(lesson)
     except ValueError as error:
         return [Row(student, "-", 0, 0, str(error))]
-    plan = _plan(notebook, lesson, question_ids, hidden, _solution_hidden_tests(solutions, lesson))
-    run = execute(plan, timeout, cell_timeout)
+    plan = _plan(notebook, lesson, question_ids)
+    sandboxing = sandboxing or Sandboxing()
+    sandboxing.copy = sandboxing.copy or path
+    sandboxing.hide = [*sandboxing.hide, *(p for p in (solutions, hidden) if p)]
+    tests = _solution_hidden_tests(solutions, lesson)
+    run = execute(plan, lesson, tests, timeout, cell_timeout, sandboxing)
     return [_row(student, question_id, plan, run) for question_id in question_ids]
 
 
@@ -139,20 +140,15 @@ def _lesson_of(notebook: nbformat.NotebookNode, path: Path) -> str | None:
     return lesson or lesson_of_path(path)
 
 
-def _plan(
-    notebook, lesson: str, question_ids: list[str], hidden: Path | None, solution_tests: dict
-) -> list[_Planned]:
-    hidden_path = str(Path(hidden).resolve()) if hidden else None
-    arguments = f"{lesson!r}, {hidden_path!r}, globals()"
-    setup = f"__import__('ftlab.exercises.grade', fromlist=['grade']).kernel_setup({arguments})"
-    plan, graded = [_Planned(setup, None, None)], set()
+def _plan(notebook, lesson: str, question_ids: list[str]) -> list[_Planned]:
+    plan, graded = [_Planned(SETUP, None, None)], set()
     for number, cell in enumerate(notebook.cells, start=1):
         if cell.cell_type != "code" or EXPENSIVE_TAG in cell.metadata.get("tags", []):
             continue
         name = _question_of_check_cell(cell, lesson)
         if name and f"{lesson}.{name}" in question_ids and name not in graded:
             graded.add(name)
-            plan.append(_Planned(_grade_source(name, solution_tests), None, number, name))
+            plan.append(_Planned(f"check({name!r})", None, number, name))
         else:
             plan.append(_Planned(cell.source, None, number))
     section = None
@@ -162,7 +158,7 @@ def _plan(
     for question_id in question_ids:
         name = question_id.split(".")[1]
         if name not in graded:
-            plan.append(_Planned(_grade_source(name, solution_tests), name, None, name))
+            plan.append(_Planned(f"check({name!r})", name, None, name))
     return plan
 
 
@@ -174,12 +170,6 @@ def _question_of_check_cell(cell, lesson: str) -> str | None:
     if cell.metadata.get("nbgrader", {}).get("grade") and grade_id:
         return grade_id  # the call was edited away: still grade this question here
     return None
-
-
-def _grade_source(name: str, solution_tests: dict) -> str:
-    tests = solution_tests.get(name, "")
-    module = "__import__('ftlab.exercises.grade', fromlist=['grade'])"
-    return f"{module}.report({name!r}, globals(), {tests!r})"
 
 
 def _solution_hidden_tests(solutions: Path | None, lesson: str) -> dict[str, str]:
@@ -199,6 +189,9 @@ def _row(student: str, question_id: str, plan: list[_Planned], run: Run) -> Row:
     name = question_id.split(".")[1]
     index = next(i for i, p in enumerate(plan) if p.grades == name)
     result = run.results.get(name)
+    if run.tampered:
+        maximum = checks.max_points(question_id)
+        return Row(student, question_id, 0, maximum, f"tampered: {run.tampered}")
     if result is None:
         points, maximum = 0.0, checks.max_points(question_id)
         if run.stopped and (run.stopped_at is None or run.stopped_at <= index):
@@ -206,9 +199,9 @@ def _row(student: str, question_id: str, plan: list[_Planned], run: Run) -> Row:
         elif index in run.errors:
             message = f"the check could not run: {run.errors[index]}"
         else:
-            message = "the check printed no result"
+            message = "not graded"
     else:
-        points, maximum, message = result["points"], result["max_points"], result["message"]
+        points, maximum, message = result.points, result.max_points, result.message
     if points < maximum:
         message += _errors_before(name, index, plan, run)
     if plan[index].number is None:

@@ -11,25 +11,32 @@
   refuses to write an exercise whose solution fails a check. Cells keep nbgrader metadata, so an
   instructor can also use these sources with nbgrader on a JupyterHub.
   (Generation: `ftlab.exercises.build`.)
-- `ftlab exercises grade SUBMISSIONS_DIR` grades a class to CSV (`ftlab.exercises.grade`).
+- `ftlab exercises grade SUBMISSIONS_DIR` grades a class to CSV (`ftlab.exercises.classroom`).
 
 Grading design. Checks look at the student's functions and values, which only exist once the
-student's cells have run, in order. We execute each submission in its own fresh Jupyter kernel
-(nbclient), cell by cell, skipping the cells tagged `expensive` (training runs, plots of them)
-and putting a grading call where each `check("qN")` cell was. Importing the answer cells alone
-was rejected: answers use names that earlier, ungraded cells define (imports, data, helper
-models), so picking cells means guessing dependencies; executing in order is what the student
-did. A separate kernel per notebook gives isolation (a crash or `sys.exit` only ends that
-student's kernel), per-cell timeouts with an interrupt, and a per-notebook time limit. Every
-error in a student cell is recorded against the question whose section it is in and reported
-with the questions that fail after it. The kernel runs student code with the grader's rights:
-it is not a sandbox, so run it in a container or a throwaway account for untrusted classes.
+student's cells have run, in order. Each submission runs in a fresh kernel of its own, cell by
+cell, skipping the cells tagged `expensive` (training runs, plots of them); importing the answer
+cells alone was rejected because answers use names that earlier, ungraded cells define.
+Student code is treated as hostile:
+
+- Verdicts are made in the grader's process (`ftlab.exercises.grade`), never in the kernel.
+  Where a `check("qN")` cell was, the grader runs question N's checks itself; they call the
+  student's functions in the kernel on inputs the grader chose and get back plain data
+  (`ftlab.exercises.remote`, `ftlab.exercises.serve`). Hidden checks never enter the kernel.
+  Signs of tampering (patched builtins, stdout, torch comparisons or ftlab's grading code, a
+  forged reply, a model the kernel rebuilt differently) grade the submission 0, "tampered".
+- The kernel is sandboxed (`ftlab.exercises.sandbox`): own process group, a folder holding a
+  copy of only this submission, resource limits, a watchdog, and as root also its own uid,
+  no network and private PID/mount namespaces. At a limit its whole tree is killed; the rows
+  say why, and the other students are graded as usual (`ftlab.exercises.classroom`).
+
+The self-check `check("q1")` runs the same checks in the student's own process: it is for
+learning, instant, and not tamper-proof.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import inspect
 import os
 import re
@@ -38,12 +45,9 @@ from pathlib import Path
 
 import nbformat
 
-from ftlab.exercises import checks
+from ftlab.exercises import checks, classroom, sandbox
 from ftlab.exercises.build import lesson_of_path, make_exercise, validate_solution
 from ftlab.exercises.grade import Row, grade_notebook, submissions_in
-from ftlab.exercises.kernel import GradingError
-
-CSV_COLUMNS = ("student", "question", "points", "max_points", "message")
 
 
 class CheckFailed(AssertionError):
@@ -98,6 +102,9 @@ def main(argv: list[str]) -> int:
     grade.add_argument("--out", type=Path, default=Path("grades.csv"))
     grade.add_argument("--timeout", type=float, default=600, help="seconds per notebook")
     grade.add_argument("--cell-timeout", type=float, default=120, help="seconds per cell")
+    grade.add_argument("--jobs", type=int, default=1, help="students graded at once")
+    grade.add_argument("--resume", action="store_true", help="grade only students without rows")
+    grade.add_argument("--memory", type=float, default=6, help="GiB of memory per kernel")
     for sub in (build, grade):
         sub.add_argument("--hidden", type=Path, help="instructor's hidden checks (.py)")
         sub.add_argument("--solutions", type=Path, default=Path("solutions"))
@@ -120,28 +127,30 @@ def main(argv: list[str]) -> int:
 
 
 def grade_command(args, hidden: Path | None) -> int:
-    """`ftlab exercises grade`: exit 0 when every file was graded (bad files are reported)."""
+    """`ftlab exercises grade`: exit 0 when every student was graded (bad files get rows)."""
     if not args.submissions.is_dir():
         print(f"error: {args.submissions} is not a folder of submissions")
         return 2
-    submissions = submissions_in(args.submissions)
-    if not submissions:
+    if not submissions_in(args.submissions):
         print(f"error: no submissions in {args.submissions}")
         return 2
-    rows = []
+    if args.jobs < 1:
+        print("error: --jobs must be at least 1")
+        return 2
+    limits = sandbox.Limits(memory=int(args.memory * (1 << 30)))
+    settings = classroom.Settings(
+        args.solutions, hidden, args.timeout, args.cell_timeout, args.jobs, limits
+    )
     try:
-        for student, path in submissions:
-            print(f"grading {student}: {path.name}", flush=True)
-            rows += grade_notebook(
-                path, student, args.solutions, args.timeout, args.cell_timeout, hidden
-            )
-        write_csv(rows, args.out)
-    except (GradingError, OSError) as error:
+        rows, failed = classroom.grade_class(args.submissions, args.out, settings, args.resume)
+    except OSError as error:
         print(f"error: grading failed: {error}")
         return 1
     print(summary(rows))
     print(f"wrote {len(rows)} rows to {args.out}")
-    return 0
+    if failed:
+        print(f"error: the grader itself failed on {len(failed)} students: {', '.join(failed)}")
+    return 1 if failed else 0
 
 
 def build_command(args, hidden: Path | None) -> int:
@@ -190,17 +199,6 @@ def _build_one(path: Path, run_checks: bool, hidden: Path | None) -> tuple[list[
         return problems, ""
     exercise = make_exercise(solution, f"exercises/{path.name}")
     return [], nbformat.writes(exercise) + "\n"
-
-
-def write_csv(rows: list[Row], path: Path) -> None:
-    """Write the grade table."""
-    with open(path, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(CSV_COLUMNS)
-        for row in rows:
-            writer.writerow(
-                [row.student, row.question, f"{row.points:g}", f"{row.max_points:g}", row.message]
-            )
 
 
 def summary(rows: list[Row]) -> str:

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import torch
 
+from ftlab.exercises import wire
+
 QUESTION_ID = re.compile(r"^(\d\d)\.(q\d+)$")
 
 
@@ -140,6 +142,8 @@ def run(question_id: str, namespace: dict) -> Result:
         except Wrong as error:
             problems.append(str(error))
             continue
+        except wire.Abort:
+            raise  # tampering or a lost kernel: not a wrong answer, the grader handles it
         except Exception as error:  # a strange answer can break the check itself: say so
             problems.append(f"the check could not use your answer: {type(error).__name__}: {error}")
             continue

@@ -6,19 +6,27 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ftlab.exercises import mirror
 from ftlab.exercises.checks import Wrong, question
-from ftlab.exercises.checks.tools import answer, as_number, call, close, forbidden
+from ftlab.exercises.checks.tools import (
+    answer,
+    as_number,
+    call,
+    close,
+    collect,
+    module_facts,
+    verify,
+)
+from ftlab.exercises.serve import probe
 
 HAND_WRITTEN = "implement the formula yourself: F.cross_entropy is what it is checked against"
 
 
 def _loss(namespace: dict, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     function = answer(namespace, "stable_cross_entropy", "function")
-    with (
-        forbidden(F, "cross_entropy", HAND_WRITTEN),
-        forbidden(F, "nll_loss", HAND_WRITTEN),
-    ):
-        loss = call(function, logits, labels, what="stable_cross_entropy(logits, labels)")
+    forbid = [("torch.nn.functional", name, HAND_WRITTEN) for name in ("cross_entropy", "nll_loss")]
+    what = "stable_cross_entropy(logits, labels)"
+    loss = call(function, logits, labels, what=what, forbid=forbid)
     if not isinstance(loss, torch.Tensor):
         raise Wrong(
             f"return the loss as a tensor (keep it differentiable), not {type(loss).__name__}"
@@ -74,11 +82,8 @@ def softmax_cross_entropy_gradient(namespace: dict) -> str:
     function = answer(namespace, "softmax_ce_grad", "function")
     logits, labels = torch.randn(4, 3), torch.tensor([0, 2, 1, 2])  # (batch, classes), (batch,)
     advice = "derive it by hand: autograd is what it is checked against"
-    with (
-        forbidden(torch.autograd, "grad", advice),
-        forbidden(torch.Tensor, "backward", advice),
-    ):
-        gradient = call(function, logits, labels, what="softmax_ce_grad(logits, labels)")
+    forbid = [("torch.autograd", "grad", advice), ("torch:Tensor", "backward", advice)]
+    gradient = call(function, logits, labels, what="softmax_ce_grad(logits, labels)", forbid=forbid)
     leaf = logits.clone().requires_grad_(True)
     F.cross_entropy(leaf, labels).backward()
     expected = leaf.grad  # (softmax(z) - onehot(y)) / batch
@@ -182,21 +187,35 @@ def reflection_computed(namespace: dict) -> str:
     return f"critical lr 2/a = {critical:g}; measured {measured:g}"
 
 
-def _evaluation_probe(namespace: dict) -> tuple[float, float, list[bool], bool]:
-    function = answer(namespace, "evaluate_accuracy", "function")
+def _probe_model() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
     torch.manual_seed(1)
     model = nn.Sequential(nn.Linear(6, 32), nn.BatchNorm1d(32), nn.ReLU(), nn.Dropout(0.5))
     model.append(nn.Linear(32, 3))
-    x, labels = torch.randn(64, 6), torch.randint(0, 3, (64,))
+    return model, torch.randn(64, 6), torch.randint(0, 3, (64,))
+
+
+@probe
+def evaluation_facts(function) -> dict:
+    """In the student's kernel: call evaluate_accuracy twice on a model in train mode."""
+    model, x, labels = _probe_model()
+    built = mirror.fingerprint(model)
     model.train()  # as it is right after training
     grad_enabled = []
     model[0].register_forward_hook(lambda *_: grad_enabled.append(torch.is_grad_enabled()))
     running_mean = model[1].running_mean.clone()
     what = "evaluate_accuracy(model, x, labels)"
-    first = as_number(call(function, model, x, labels, what=what), "the accuracy you return")
-    second = as_number(call(function, model, x, labels, what=what), "the accuracy you return")
+    first = call(function, model, x, labels, what=what)
+    second = call(function, model, x, labels, what=what)
     moved = not torch.equal(running_mean, model[1].running_mean)
-    return first, second, grad_enabled, moved
+    return {"print": built, "accuracies": [first, second], "grad": grad_enabled, "moved": moved}
+
+
+def _evaluation_probe(namespace: dict) -> tuple[float, float, list, bool]:
+    function = answer(namespace, "evaluate_accuracy", "function")
+    facts = collect(namespace, evaluation_facts, function)
+    verify(_probe_model()[0], facts["print"])
+    first, second = (as_number(a, "the accuracy you return") for a in facts["accuracies"])
+    return first, second, list(facts["grad"]), facts["moved"] is True
 
 
 @question("01.q5", points=1)
@@ -231,13 +250,15 @@ def evaluation_without_gradients(namespace: dict) -> str:
 @question("01.q6", points=2)
 def body_frozen_head_trains(namespace: dict) -> str:
     counted = answer(namespace, "frozen_count", "number")
-    mlp = answer(namespace, "mlp")
-    if not isinstance(mlp, nn.Sequential) or len(mlp) != 5:
+    facts = collect(namespace, module_facts, answer(namespace, "mlp"))
+    if facts["type"] != "Sequential" or facts["length"] != 5:
         raise Wrong(
             "`mlp` should be the 5-module nn.Sequential of the exercise; run its cell again"
         )
-    still_trainable = [f"mlp.{name}" for name, p in mlp[:4].named_parameters() if p.requires_grad]
-    frozen_head = [f"mlp.4.{name}" for name, p in mlp[4].named_parameters() if not p.requires_grad]
+    parameters = facts["parameters"]  # [name, requires_grad, numel]
+    head = [(n, grad, size) for n, grad, size in parameters if n.startswith("4.")]
+    still_trainable = [f"mlp.{n}" for n, grad, _ in parameters if grad and not n.startswith("4.")]
+    frozen_head = [f"mlp.{n}" for n, grad, _ in head if not grad]
     if frozen_head:
         raise Wrong(
             f"{len(frozen_head)} parameters of the head (mlp[4]) are frozen: the head must train"
@@ -247,10 +268,10 @@ def body_frozen_head_trains(namespace: dict) -> str:
             f"{', '.join(still_trainable)} still require gradients: call "
             "requires_grad_(False) on mlp[0] and mlp[2]"
         )
-    frozen = sum(p.numel() for p in mlp.parameters() if not p.requires_grad)
+    frozen = sum(size for _, grad, size in parameters if not grad)
     if counted != frozen:
         raise Wrong(
             f"frozen_count is {counted:g} but {frozen} parameters are frozen: sum p.numel() "
             "over the parameters with requires_grad False"
         )
-    return f"{frozen} frozen, {sum(p.numel() for p in mlp[4].parameters())} train"
+    return f"{frozen} frozen, {sum(size for _, _, size in head)} train"

@@ -7,8 +7,10 @@ import copy
 import torch
 import torch.nn.functional as F
 
+from ftlab.exercises import mirror
 from ftlab.exercises.checks import Wrong, question
-from ftlab.exercises.checks.tools import answer, call, close, tiny_bert
+from ftlab.exercises.checks.tools import answer, call, close, collect, tiny_bert, verify
+from ftlab.exercises.serve import probe
 
 EXAMPLES = [
     {"input_ids": [2, 11, 12], "label": 1},
@@ -95,12 +97,12 @@ def untrained_prediction_recorded(namespace: dict) -> str:
 
 @question("02.q2", points=1)
 def untrained_reflection(namespace: dict) -> str:
-    config = answer(namespace, "config")
+    labels = answer(namespace, "config.num_labels", "number")
     chance = answer(namespace, "chance_accuracy", "number")
-    if abs(chance - 1 / config.num_labels) > 1e-6:
+    if abs(chance - 1 / labels) > 1e-6:
         raise Wrong(
-            f"chance_accuracy is {chance:g}: guessing among {config.num_labels} balanced classes "
-            f"is right 1/{config.num_labels} of the time"
+            f"chance_accuracy is {chance:g}: guessing among {labels:g} balanced classes "
+            f"is right 1/{labels:g} of the time"
         )
     measured = answer(namespace, "untrained_accuracy", "number")
     above = answer(namespace, "above_chance", "number")
@@ -113,17 +115,10 @@ def untrained_reflection(namespace: dict) -> str:
 
 @question("02.q3", points=2)
 def head_is_called(namespace: dict) -> str:
-    from transformers import BertConfig
-
-    model_class = answer(namespace, "SentimentClassifier", "class")
-    sizes = {"hidden_size": 16, "num_attention_heads": 2, "intermediate_size": 32}
-    config = BertConfig(vocab_size=64, num_hidden_layers=1, **sizes)
-    model = call(model_class, config, 3, what="SentimentClassifier(config, num_labels=3)")
-    if not isinstance(getattr(model, "classifier", None), torch.nn.Module):
+    facts = collect(namespace, head_facts, answer(namespace, "SentimentClassifier", "class"))
+    if not facts["classifier"]:
         raise Wrong("keep the head as self.classifier, a Linear(hidden_size, num_labels)")
-    batch = _batch()
-    what = "model(input_ids, attention_mask)"
-    logits = call(model, batch["input_ids"], batch["attention_mask"], what=what)
+    logits = facts["logits"]
     if not isinstance(logits, torch.Tensor):
         raise Wrong(f"forward should return the logits tensor, not {type(logits).__name__}")
     if logits.shape != (4, 3):
@@ -131,10 +126,31 @@ def head_is_called(namespace: dict) -> str:
             f"forward returns shape {tuple(logits.shape)} for 4 sentences and 3 labels, not "
             "(4, 3): the classifier is never called on the pooled output"
         )
-    logits.sum().backward()
-    if model.classifier.weight.grad is None:
+    if not facts["head_gradient"]:
         raise Wrong("self.classifier got no gradient: forward never uses it")
     return "logits (batch, num_labels) from the head"
+
+
+@probe
+def head_facts(model_class) -> dict:
+    """In the student's kernel: build their classifier, run it, backpropagate from its logits."""
+    from transformers import BertConfig
+
+    sizes = {"hidden_size": 16, "num_attention_heads": 2, "intermediate_size": 32}
+    config = BertConfig(vocab_size=64, num_hidden_layers=1, **sizes)
+    model = call(model_class, config, 3, what="SentimentClassifier(config, num_labels=3)")
+    facts = {"classifier": isinstance(getattr(model, "classifier", None), torch.nn.Module)}
+    if not facts["classifier"]:
+        return facts
+    batch = _batch()
+    what = "model(input_ids, attention_mask)"
+    logits = call(model, batch["input_ids"], batch["attention_mask"], what=what)
+    facts["logits"] = logits
+    if isinstance(logits, torch.Tensor) and logits.shape == (4, 3) and logits.requires_grad:
+        logits.sum().backward()
+    weight = getattr(model.classifier, "weight", None)
+    facts["head_gradient"] = weight is not None and weight.grad is not None
+    return facts
 
 
 @question("02.q4", points=1)
@@ -192,27 +208,40 @@ NO_CLIP = (
 
 @question("02.q6", points=3)
 def one_training_step(namespace: dict) -> str:
-    function = answer(namespace, "train_step", "function")
-    model, batches = tiny_bert(), [_batch(seed=1), _batch(seed=2)]
-    start = copy.deepcopy(model)
-    optimizer, scheduler = _optimizer(model)
-    what = "train_step(model, batch, optimizer, scheduler, max_grad_norm=0.01)"
-    for batch in batches:  # two steps: gradients must not carry over from the first
-        loss = call(function, model, batch, optimizer, scheduler, max_grad_norm=0.01, what=what)
+    facts = collect(namespace, training_facts, answer(namespace, "train_step", "function"))
+    start, batches = tiny_bert(), [_batch(seed=1), _batch(seed=2)]
+    verify(start, facts["print"])
+    for loss in facts["losses"]:
         if isinstance(loss, torch.Tensor) or not isinstance(loss, float):
             raise Wrong(
                 f"return loss.item(), a Python float, not a {type(loss).__name__}: "
                 "a tensor keeps the whole graph in memory"
             )
-    if scheduler.last_epoch != 2:
+    if facts["last_epoch"] != 2:
         raise Wrong("the scheduler did not step: call scheduler.step() after optimizer.step()")
-    after = _flat(model)
+    after = facts["after"]
     for zero_grad, clip, advice in ((False, True, NO_ZERO_GRAD), (True, False, NO_CLIP)):
-        if torch.allclose(after, _reference_steps(start, batches, zero_grad, clip), atol=1e-7):
-            raise Wrong(advice)
+        reference = _reference_steps(start, batches, zero_grad, clip)
+        if isinstance(after, torch.Tensor) and after.shape == reference.shape:
+            if torch.allclose(after, reference, atol=1e-7):
+                raise Wrong(advice)
     expected = _reference_steps(start, batches, zero_grad=True, clip=True)
     close(after, expected, "the parameters after two of your steps", atol=1e-6)
     return "zero_grad, forward, backward, clip, step, schedule: all there"
+
+
+@probe
+def training_facts(function) -> dict:
+    """In the student's kernel: two of their training steps on a tiny BERT; the weights after."""
+    model, batches = tiny_bert(), [_batch(seed=1), _batch(seed=2)]
+    facts = {"print": mirror.fingerprint(model), "losses": []}
+    optimizer, scheduler = _optimizer(model)
+    what = "train_step(model, batch, optimizer, scheduler, max_grad_norm=0.01)"
+    for batch in batches:  # two steps: gradients must not carry over from the first
+        loss = call(function, model, batch, optimizer, scheduler, max_grad_norm=0.01, what=what)
+        facts["losses"].append(loss)
+    facts["last_epoch"], facts["after"] = scheduler.last_epoch, _flat(model)
+    return facts
 
 
 def _optimizer(model):

@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
-import copy
-
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from ftlab.exercises import mirror
 from ftlab.exercises.checks import Wrong, question
-from ftlab.exercises.checks.tools import TinyCNN, answer, are, call, close, count
+from ftlab.exercises.checks.tools import (
+    answer,
+    are,
+    call,
+    close,
+    collect,
+    count,
+    module_facts,
+    resnet18,
+    tiny_cnn,
+    verify,
+)
+from ftlab.exercises.serve import probe
 
 
 @question("03.q1", points=2)
@@ -41,10 +52,8 @@ def preprocess_like_the_weights(namespace: dict) -> str:
 
 @question("03.q2", points=2)
 def new_head_replaces_fc(namespace: dict) -> str:
-    from torchvision.models import resnet18
-
     function = answer(namespace, "replace_head", "function")
-    for model, in_features in ((resnet18(weights=None), 512), (TinyCNN(num_classes=1000), 16)):
+    for model, in_features in ((resnet18(), 512), (tiny_cnn(num_classes=1000), 16)):
         old_fc = model.fc
         name = type(model).__name__
         returned = call(function, model, 7, what=f"replace_head({name}, num_classes=7)")
@@ -78,9 +87,9 @@ def share_prediction_recorded(namespace: dict) -> str:
 
 @question("03.q3", points=1)
 def share_computed(namespace: dict) -> str:
-    model = answer(namespace, "resnet")
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
+    facts = collect(namespace, module_facts, answer(namespace, "resnet"))
+    trainable = sum(size for _, grad, size in facts["parameters"] if grad)
+    total = sum(size for _, _, size in facts["parameters"])
     share = answer(namespace, "trainable_share", "number")
     if abs(share - trainable / total) > 1e-9:
         raise Wrong(
@@ -90,22 +99,37 @@ def share_computed(namespace: dict) -> str:
     return f"{share:.3%} of the parameters train"
 
 
-def _feature_probe(namespace: dict):
-    function = answer(namespace, "compute_features", "function")
-    backbone = TinyCNN().backbone  # conv, BatchNorm, ... -> (batch, 16)
+def _feature_inputs():
+    torch.manual_seed(3)
+    backbone = tiny_cnn().backbone  # conv, BatchNorm, ... -> (batch, 16)
     backbone.append(nn.Dropout(0.5))
-    backbone.train()  # as a model is after training: the function must switch to eval
     images = torch.randn(20, 3, 16, 16) * 3 + 1  # a distribution unlike the running stats
-    labels = torch.arange(20) % 3
+    return backbone, images, torch.arange(20) % 3
+
+
+@probe
+def feature_facts(function) -> dict:
+    """In the student's kernel: extract features with their function from a model in train mode."""
+    backbone, images, labels = _feature_inputs()
+    facts = {"print": mirror.fingerprint(backbone)}
+    backbone.train()  # as a model is after training: the function must switch to eval
+    running_mean = backbone[1].running_mean.clone()
     dl = DataLoader(TensorDataset(images, labels), batch_size=8)
-    reference = copy.deepcopy(backbone).eval()
+    facts["returned"] = call(function, backbone, dl, what="compute_features(backbone, dl)")
+    facts["moved"] = not torch.equal(backbone[1].running_mean, running_mean)
+    return facts
+
+
+def _feature_probe(namespace: dict):
+    facts = collect(namespace, feature_facts, answer(namespace, "compute_features", "function"))
+    backbone, images, labels = _feature_inputs()
+    verify(backbone, facts["print"])
     with torch.no_grad():
-        expected = reference(images)  # (20, 16)
-    returned = call(function, backbone, dl, what="compute_features(backbone, dl)")
+        expected = backbone.eval()(images)  # (20, 16)
+    returned = facts["returned"]
     if not isinstance(returned, tuple) or len(returned) != 2:
         raise Wrong("compute_features should return a tuple (features, labels)")
-    moved = not torch.equal(backbone[1].running_mean, reference[1].running_mean)
-    return returned, expected, labels, moved
+    return returned, expected, labels, facts["moved"] is True
 
 
 @question("03.q4", points=2)
@@ -136,7 +160,7 @@ def features_without_graph(namespace: dict) -> str:
 @question("03.q5", points=2)
 def frozen_batchnorm_stays_in_eval(namespace: dict) -> str:
     function = answer(namespace, "set_train_mode", "function")
-    model = TinyCNN()
+    model = tiny_cnn()
     model.backbone.requires_grad_(False)
     model.eval()
     call(function, model, what="set_train_mode(model)")
@@ -152,7 +176,7 @@ def frozen_batchnorm_stays_in_eval(namespace: dict) -> str:
         )
     if not model.training or not model.fc.training:
         raise Wrong("the model itself should be in train mode (call model.train() first)")
-    trainable = TinyCNN()
+    trainable = tiny_cnn()
     trainable.eval()
     call(function, trainable, what="set_train_mode(model) on a model with nothing frozen")
     if not all(m.training for m in trainable.modules()):
@@ -167,7 +191,7 @@ def _is_batchnorm(module: nn.Module) -> bool:
 @question("03.q6", points=2)
 def backbone_and_head_learning_rates(namespace: dict) -> str:
     function = answer(namespace, "make_optimizer", "function")
-    model = TinyCNN()
+    model = tiny_cnn()
     what = "make_optimizer(model, backbone_lr=1e-4, head_lr=1e-3)"
     optimizer = call(function, model, backbone_lr=1e-4, head_lr=1e-3, what=what)
     if not isinstance(optimizer, torch.optim.Optimizer):

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from ftlab.exercises.checks import Wrong, question
-from ftlab.exercises.checks.tools import TinyCNN, answer, are, call, count, tiny_bert
+from ftlab.exercises.checks.tools import answer, are, attempt, call, count, tiny_bert, tiny_cnn
 
 
 def expected_trainable(model: nn.Module, k: int | None = None, biases: bool = False) -> set[str]:
@@ -56,7 +56,7 @@ def _compare_trainable(model: nn.Module, expected: set[str], label: str) -> None
 @question("04.q1", points=2)
 def head_only(namespace: dict) -> str:
     function = answer(namespace, "freeze_all_but_head", "function")
-    for model, label in ((tiny_bert(), "tiny BERT"), (TinyCNN(), "small CNN with an fc head")):
+    for model, label in ((tiny_bert(), "tiny BERT"), (tiny_cnn(), "small CNN with an fc head")):
         for start in (True, False):  # from all trainable, and from all frozen (head included)
             model.requires_grad_(start)
             call(function, model, what=f"freeze_all_but_head({label})")
@@ -93,17 +93,16 @@ def last_k_blocks(namespace: dict) -> str:
 @question("04.q3", points=1)
 def k_too_large_is_an_error(namespace: dict) -> str:
     function = answer(namespace, "unfreeze_last_k", "function")
-    try:
-        function(tiny_bert(num_layers=3), 5)
-    except NotImplementedError:
-        raise Wrong("unfreeze_last_k still raises NotImplementedError") from None
-    except ValueError as error:
-        if "3" not in str(error):
-            raise Wrong(f"the error should say how many layers there are (3): {error}") from None
-        return f"ValueError: {error}"
-    except Exception as error:
-        raise Wrong(f"k=5 raised {type(error).__name__}; raise a ValueError instead") from None
-    raise Wrong("unfreeze_last_k(model, 5) on a 3-layer model should raise a ValueError")
+    raised = attempt(function, tiny_bert(num_layers=3), 5)
+    if raised is None:
+        raise Wrong("unfreeze_last_k(model, 5) on a 3-layer model should raise a ValueError")
+    if raised.not_implemented:
+        raise Wrong("unfreeze_last_k still raises NotImplementedError")
+    if raised.type != "ValueError":
+        raise Wrong(f"k=5 raised {raised.type}; raise a ValueError instead")
+    if "3" not in raised.message:
+        raise Wrong(f"the error should say how many layers there are (3): {raised.message}")
+    return f"ValueError: {raised.message}"
 
 
 @question("04.q4", points=1)
