@@ -5,15 +5,17 @@
   (a new head that `forward` never calls);
 - `frozen_in_optimizer`: frozen parameters handed to the optimizer;
 - `missing_from_optimizer`: trainable parameters the optimizer does not hold (they never change);
-- `lr_too_high`: a learning rate above 1e-3 on the body of a pretrained transformer;
+- `lr_too_high`, `head_lr_too_low`, `no_head`, `foreign_parameters`: the rates of the body and
+  of a new head, a bare encoder trained without its head, an optimizer built from another model
+  (see `ftlab.training.model_checks`);
 - `batchnorm_train_mode`: BatchNorm layers whose parameters are all frozen, left in train mode
   (their running statistics drift away from the pretrained ones);
 - `num_labels`: labels in the batch outside [0, number of model outputs).
 A batch rarely holds every class, so more outputs than classes seen is not reported.
 `diagnose` leaves weights, gradients, buffers, train/eval modes and random states unchanged.
 
-`fit` runs it first (`check=True`): a `num_labels` finding or an empty loader raises (training
-would crash or do nothing); the others are warnings, since some are deliberate.
+`fit` runs it first (`check=True`): a `num_labels` or `no_head` finding or an empty loader raises
+(training would crash or do nothing); the others are warnings, since some are deliberate.
 Taught in lesson 02 (and the exercises of lessons 03 and 04).
 """
 
@@ -29,9 +31,9 @@ from torch import nn
 
 from ftlab.data.batches import batch_size, labels_of, slice_batch, to_device
 from ftlab.training.evaluation import forward_output
+from ftlab.training.model_checks import model_findings
 
-LR_LIMIT = 1e-3  # above this, fine-tuning a pretrained transformer usually diverges
-HEAD_NAMES = ("classifier", "score", "head", "fc", "lm_head")  # modules that start untrained
+RAISING = ("num_labels", "no_head")  # findings that make fit refuse to start
 
 
 @dataclass
@@ -53,7 +55,7 @@ def diagnose(model, optimizer=None, batch=None, lr=None, verbose=True) -> list[F
         findings += _check_gradients_and_labels(model, batch)
     if optimizer is not None:
         findings += _check_optimizer(model, optimizer)
-    findings += _check_lr(model, optimizer, lr)
+    findings += [Finding(*found) for found in model_findings(model, optimizer, lr)]
     findings += _check_batchnorm(model)
     if verbose:
         print("\n".join(map(str, findings)) if findings else "diagnose: no problems found")
@@ -75,7 +77,7 @@ def preflight(model, train_dl, optimizer, lr, device, check: bool, callbacks=())
         ) from None
     batch = to_device(batch, device)
     labels = labels_of(batch)
-    labels_finding = label_range_finding(labels, numlabels_of(model))
+    labels_finding = label_range_finding(labels, num_labels_of(model))
     if labels_finding:
         raise ValueError(f"{labels_finding.message}. Fix: {labels_finding.fix}")
     if not check:
@@ -86,13 +88,13 @@ def preflight(model, train_dl, optimizer, lr, device, check: bool, callbacks=())
     for finding in findings:
         if finding.check in fixed_by_callbacks:
             continue
-        if finding.check == "num_labels":
+        if finding.check in RAISING:
             raise ValueError(f"{finding.message}. Fix: {finding.fix}")
         warnings.warn(str(finding), stacklevel=3)
     return labels
 
 
-def numlabels_of(model) -> int | None:
+def num_labels_of(model) -> int | None:
     """Return the number of classes the model predicts, read off without a forward pass."""
     config = getattr(model, "config", None)
     if isinstance(getattr(config, "num_labels", None), int):
@@ -216,26 +218,6 @@ def _check_optimizer(model, optimizer) -> list[Finding]:
     return findings
 
 
-def _check_lr(model, optimizer, lr) -> list[Finding]:
-    if not any(cls.__name__ == "PreTrainedModel" for cls in type(model).__mro__):
-        return []
-    body = {id(p) for n, p in model.named_parameters() if n.split(".")[0] not in HEAD_NAMES}
-    if optimizer is not None:
-        groups = optimizer.param_groups
-        lrs = [_peak_lr(g) for g in groups if any(id(p) in body for p in g["params"])]
-    else:
-        lrs = [lr] if lr is not None else []
-    too_high = [value for value in lrs if value > LR_LIMIT]
-    if not too_high:
-        return []
-    message = (
-        f"learning rate {max(too_high):.2g} on the body of a pretrained transformer "
-        f"({type(model).__name__}): above {LR_LIMIT:g} fine-tuning destroys what it learned"
-    )
-    fix = "use lr between 1e-5 and 1e-4 (2e-5 to 5e-5 for BERT); a higher lr only for the head"
-    return [Finding("lr_too_high", message, fix)]
-
-
 def _check_batchnorm(model) -> list[Finding]:
     drifting = [
         name
@@ -289,10 +271,6 @@ def _training_mode(model):
     finally:
         for module, training in modes.items():
             module.training = training
-
-
-def _peak_lr(group: dict) -> float:
-    return max(group["lr"], group.get("initial_lr", 0.0), group.get("max_lr", 0.0))
 
 
 def _first_rows(batch, rows: int = 8):

@@ -244,6 +244,14 @@ WRONG_ANSWERS = {
             "pass outputs.logits to the loss",
         ),
         (
+            "02.q4",
+            "def compute_loss(model, batch):\n"
+            "    inputs = {k: v for k, v in batch.items() if k != 'labels'}\n"
+            "    probabilities = model(**inputs).logits.softmax(dim=-1)\n"
+            "    return F.cross_entropy(probabilities, batch['labels'])\n",
+            "softmax was applied before cross_entropy",
+        ),
+        (
             "02.q5",
             "make_optimizer = make_optimizer_buggy",
             "lr 0.01 is a learning rate for training",

@@ -78,7 +78,7 @@ def test_a_classifier_attached_to_bert_model_that_forward_never_calls():
     bert.classifier = nn.Linear(bert.config.hidden_size, 2)
     batch = next(iter(token_loaders()[0]))
     findings = diagnose(bert, batch=batch, verbose=False)
-    assert checks(findings) == ["no_gradient"]
+    assert checks(findings) == ["no_gradient", "no_head"]  # no_head: see test_model_checks
     assert "classifier.weight, classifier.bias" in findings[0].message
     # fit without the check fails at the loss, saying that no classification head ran
     with pytest.raises(TypeError, match="no logits.*never applies a classification head"):
@@ -101,8 +101,9 @@ def test_trainable_parameters_missing_from_the_optimizer():
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     model[2] = nn.Linear(16, 5)  # new head after the optimizer was built
     findings = diagnose(model, optimizer, mlp_batch(), verbose=False)
-    assert checks(findings) == ["missing_from_optimizer"]
-    assert "2.weight" in findings[0].message
+    # the optimizer misses the new head and still holds the replaced one
+    assert checks(findings) == ["missing_from_optimizer", "foreign_parameters"]
+    assert "2.weight" in findings[0].message and "replaced" in findings[1].message
 
 
 def test_a_learning_rate_for_training_from_scratch_on_a_pretrained_transformer():
@@ -175,12 +176,12 @@ def test_fit_warns_about_frozen_batchnorm_unless_a_callback_keeps_it_in_eval():
     train_dl = DataLoader(TensorDataset(images, labels), batch_size=8)
     model = frozen_backbone_cnn().eval()  # eval now, but fit calls model.train() each epoch
     with pytest.warns(UserWarning, match="batchnorm_train_mode"):
-        fit(model, train_dl, **QUIET)
+        fit(model, train_dl, lr=1e-3, **QUIET)  # a head-only rate, lest head_lr_too_low warn
     model = frozen_backbone_cnn()
     stats = model.backbone[1].running_mean.clone()
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        fit(model, train_dl, callbacks=[FrozenBatchNormEval()], **QUIET)
+        fit(model, train_dl, lr=1e-3, callbacks=[FrozenBatchNormEval()], **QUIET)
     assert torch.equal(model.backbone[1].running_mean, stats)  # pretrained statistics kept
     assert model.head.training  # the rest of the model did train in train mode
 

@@ -167,7 +167,16 @@ def loss_from_logits(namespace: dict) -> str:
     if not isinstance(loss, torch.Tensor) or loss.ndim != 0:
         raise Wrong(f"compute_loss should return the scalar loss tensor, not {loss!r:.60}")
     model_inputs = {k: v for k, v in batch.items() if k != "labels"}
-    expected = F.cross_entropy(model(**model_inputs).logits, batch["labels"])
+    logits = model(**model_inputs).logits
+    expected = F.cross_entropy(logits, batch["labels"])
+    softmaxed = F.cross_entropy(logits.softmax(dim=-1), batch["labels"])
+    if torch.allclose(loss.detach().float(), softmaxed, atol=1e-6, rtol=0):
+        raise Wrong(
+            f"your loss is {loss.item():.6f}, that of the logits {expected.item():.6f}: "
+            "softmax was applied before cross_entropy. F.cross_entropy applies log-softmax "
+            "itself, so pass the raw logits (a softmax first squashes them and the loss barely "
+            "changes as the model learns)"
+        )
     close(loss, expected, "your loss", atol=1e-5)
     return "cross-entropy of outputs.logits"
 
