@@ -207,6 +207,14 @@ def test_load_textures_at_the_resize_size():
     assert splits["train"].classes == ["brick", "grass", "gravel"]
 
 
+def test_load_digits_with_a_validation_split():
+    splits = load_image_dataset("digits", 37, max_train_samples=50)
+    assert set(splits) == {"train", "val", "test"}
+    assert splits["train"].images.shape == (50, 3, 37, 37)
+    assert splits["val"].images.shape[1:] == (3, 37, 37)
+    assert splits["test"].classes == [str(digit) for digit in range(10)]
+
+
 def test_resize_images_keeps_uint8():
     dataset = ImageTensors(random_images(2, 25, 25), torch.tensor([0, 1]), ["a", "b"])
     resized = resize_images(dataset, 40)
