@@ -78,15 +78,18 @@ def eval_transform(name: str, image_size: int | None = None):
     )
 
 
-def train_transform(name: str, image_size: int | None = None, scale=(0.08, 1.0)):
-    """Return the training transform: random resized crop, horizontal flip, scale, normalise."""
+def train_transform(name: str, image_size: int | None = None, scale=(0.08, 1.0), flip=True):
+    """Return the training transform: random resized crop, horizontal flip, scale, normalise.
+
+    `flip=False` leaves out the flip, for images that a mirror changes (digits, text).
+    """
     from torchvision.transforms import v2
 
     pre = weights_preprocessing(name, image_size)
     return v2.Compose(
         [
             v2.RandomResizedCrop(pre.crop_size, scale, interpolation=_mode(pre), antialias=True),
-            v2.RandomHorizontalFlip(),
+            v2.RandomHorizontalFlip(p=0.5 if flip else 0.0),
             v2.ToDtype(torch.float32, scale=True),
             v2.Normalize(pre.mean, pre.std),
         ]
