@@ -19,6 +19,7 @@ from ftlab.setup.settings import active_profile, banner, settings
 from ftlab.training.diagnose import diagnose
 from ftlab.training.evaluation import evaluate, predict
 from ftlab.training.loop import fit
+from ftlab.training.lr_find import lr_find
 from ftlab.training.state import History
 
 __version__ = "0.1.0"

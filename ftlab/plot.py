@@ -1,9 +1,10 @@
-"""Plots of a fine-tuning run: learning curves, confusion matrix, image grid, ablation bars.
+"""Plots of a fine-tuning run: learning curves, lr range test, confusion matrix, images, ablations.
 
 Each function returns a matplotlib Figure and never calls plt.show(): a notebook shows the
 figure when it is the cell's last value (or with `display(fig)`); `fig.savefig(path)` saves it.
 The figure is closed in pyplot, so it is not shown a second time at the end of the cell.
-Taught in lesson 02 (curves, confusion matrix), 03 (image grid) and 04 (ablation bars).
+Taught in lesson 02 (curves, lr range test, confusion matrix), 03 (image grid) and 04
+(ablation bars).
 """
 
 from __future__ import annotations
@@ -124,6 +125,30 @@ def ablation_bars(results, ylabel: str = "accuracy", title: str | None = None):
     ax.set(ylabel=ylabel, title=title or default_title)
     ax.set_ylim(0, max(m + s for m, s in zip(means, stds, strict=True)) * 1.2 or 1)
     ax.tick_params(axis="x", labelrotation=20)
+    return _finish(fig)
+
+
+def lr_find(result, title: str = "Learning-rate range test"):
+    """Plot the loss against the learning rate (log scale) with the suggested rate marked.
+
+    `result` is what `ftlab.lr_find` returns: the raw loss per batch in grey, the smoothed
+    loss over it, the suggestion as a dot and the loss's minimum as a dotted line. Taught in
+    lesson 02.
+    """
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    ax.plot(result.lrs, result.raw_losses, color="0.75", linewidth=0.8, label="loss per batch")
+    ax.plot(result.lrs, result.losses, label="smoothed loss")
+    pick = result.lrs.index(result.suggestion) if result.suggestion in result.lrs else -1
+    if pick >= 0:
+        ax.plot(result.suggestion, result.losses[pick], "o", color=MISTAKE_COLOR, markersize=8)
+    ax.axvline(
+        result.suggestion, color=MISTAKE_COLOR, linewidth=1, label=f"pick {result.suggestion:.1e}"
+    )
+    ax.axvline(result.min_lr, color="0.4", linestyle=":", label=f"minimum {result.min_lr:.1e}")
+    low, high = min(result.losses), max(result.losses)
+    ax.set_ylim(low - 0.05 * (high - low), max(result.losses[0], low) + 0.5 * (high - low))
+    ax.set(xscale="log", xlabel="learning rate (log scale)", ylabel="training loss", title=title)
+    ax.legend(fontsize="small")
     return _finish(fig)
 
 
