@@ -92,7 +92,8 @@ def test_digits_splits_are_disjoint_stratified_and_fixed():
     for split in splits.values():
         assert split.images.shape[1:] == (3, 8, 8) and split.images.dtype == torch.uint8
         assert split.labels.bincount().min() >= 0.8 * len(split) / 10  # every class, evenly
+        assert torch.equal(split.labels, split.labels.sort().values)  # sorted by class
     assert splits["train"].images.max() == 255  # 16 grey levels scaled to the full uint8 range
     again = offline.digits(seed=0)["test"]
     assert torch.equal(again.images, splits["test"].images)
-    assert not torch.equal(offline.digits(seed=1)["test"].labels, splits["test"].labels)
+    assert not torch.equal(offline.digits(seed=1)["test"].images, splits["test"].images)
