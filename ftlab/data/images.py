@@ -79,15 +79,18 @@ def eval_transform(name: str, image_size: int | None = None):
     )
 
 
-def train_transform(name: str, image_size: int | None = None, scale=(0.08, 1.0)):
-    """Return the training transform: random resized crop, horizontal flip, scale, normalise."""
+def train_transform(name: str, image_size: int | None = None, scale=(0.08, 1.0), flip=True):
+    """Return the training transform: random resized crop, horizontal flip, scale, normalise.
+
+    `flip=False` leaves out the flip, for images that a mirror changes (digits, text).
+    """
     from torchvision.transforms import v2
 
     pre = weights_preprocessing(name, image_size)
     return v2.Compose(
         [
             v2.RandomResizedCrop(pre.crop_size, scale, interpolation=_mode(pre), antialias=True),
-            v2.RandomHorizontalFlip(),
+            v2.RandomHorizontalFlip(p=0.5 if flip else 0.0),
             v2.ToDtype(torch.float32, scale=True),
             v2.Normalize(pre.mean, pre.std),
         ]
@@ -210,20 +213,22 @@ def image_loaders(train_set, val_set=None, batch_size: int = 32, seed: int = 0, 
 
 
 def load_image_dataset(name: str, size: int, max_train_samples=None, root=None, seed=0):
-    """Return {"train", "test"} ImageTensors of uint8 images stored at `size` x `size` pixels.
+    """Return {"train", "test"} (and "val" where the set has one) ImageTensors at `size` pixels.
 
     Store them at the weights' resize size (`weights_preprocessing(...).resize_size`), so the
     evaluation transform is a centre crop and training crops have room to move.
 
-    "textures" and "lfw_faces" are made here (offline); "oxford_iiit_pet" downloads the
+    "digits", "textures" and "lfw_faces" come from scikit-learn and scikit-image (offline;
+    "digits" has a "val" split); "oxford_iiit_pet" downloads the
     Oxford-IIIT Pets (torchvision checks its MD5 checksums) and decodes it once.
     """
     from ftlab.data import offline, pets
 
     if name == "textures":
         splits = offline.textures(patch_size=size, seed=seed)
-    elif name == "lfw_faces":
-        splits = {key: resize_images(s, size) for key, s in offline.lfw_faces().items()}
+    elif name in ("lfw_faces", "digits"):
+        made = getattr(offline, name)(seed=seed)
+        splits = {key: resize_images(s, size) for key, s in made.items()}
     elif name == "oxford_iiit_pet":
         splits = {
             "train": pets.oxford_pets(root, "trainval", size),
@@ -231,7 +236,7 @@ def load_image_dataset(name: str, size: int, max_train_samples=None, root=None, 
         }
     else:
         raise ValueError(
-            f"unknown image data set {name!r}; use textures, lfw_faces, oxford_iiit_pet"
+            f"unknown image data set {name!r}; use digits, textures, lfw_faces, oxford_iiit_pet"
         )
     splits["train"] = splits["train"].subset(max_train_samples, seed)
     return splits

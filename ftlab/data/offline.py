@@ -5,6 +5,7 @@
 - `textures`: patches of scikit-image's brick, grass and gravel photos; train patches come from
   the left half of each photo and test patches from the right half, so none overlap.
 - `lfw_faces`: scikit-image's `lfw_subset`, faces against non-faces.
+- `digits`: scikit-learn's 8 x 8 handwritten digits, far from ImageNet's photos (a domain shift).
 
 Taught in lesson 00 (reviews) and lesson 03 (images).
 """
@@ -125,6 +126,36 @@ def lfw_faces(test_fraction: float = 0.3, seed: int = 0):
         "train": _to_image_tensors(list(pictures[~test]), list(labels[~test]), classes),
         "test": _to_image_tensors(list(pictures[test]), list(labels[test]), classes),
     }
+
+
+def digits(num_val: int = 300, num_test: int = 400, seed: int = 0):
+    """Return {"train", "val", "test"} ImageTensors of handwritten digits, 10 classes.
+
+    1,797 grey 8 x 8 scans of digits written by 43 people (UCI "Optical Recognition of
+    Handwritten Digits"), 17 grey levels scaled to uint8. Each split keeps the classes'
+    proportions, is fixed by the seed and is sorted by class (as many data sets come).
+    Taught in lesson 03.
+    """
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    pictures = np.round(data.images * (255 / 16)).astype(np.uint8)  # (1797, 8, 8), 0..16 -> 0..255
+    labels = data.target
+    generator = np.random.default_rng(seed)
+    split_of = np.zeros(len(labels), dtype=np.int64)  # 0 train, 1 val, 2 test
+    for label in range(10):
+        members = generator.permutation(np.flatnonzero(labels == label))
+        share = len(members) / len(labels)
+        val_end = round(num_val * share)
+        split_of[members[:val_end]] = 1
+        split_of[members[val_end : val_end + round(num_test * share)]] = 2
+    classes = [str(digit) for digit in range(10)]
+    splits = {}
+    for i, name in enumerate(("train", "val", "test")):
+        members = np.flatnonzero(split_of == i)
+        members = members[np.argsort(labels[members], kind="stable")]  # sorted by class
+        splits[name] = _to_image_tensors(list(pictures[members]), list(labels[members]), classes)
+    return splits
 
 
 def _to_image_tensors(images: list[np.ndarray], labels: list[int], classes: list[str]):

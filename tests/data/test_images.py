@@ -69,6 +69,19 @@ def test_train_transform_gives_random_crops_of_the_right_shape():
     assert not torch.equal(first, second)  # random crop and flip differ between calls
 
 
+def test_train_transform_without_flip_never_mirrors():
+    image = random_images(1, 32, 32)[0]
+    for flip, expect_mirror in ((True, True), (False, False)):
+        # The whole image as the crop: only the flip can change it.
+        transform = train_transform(EFFICIENTNET_LITE0, 32, scale=(1.0, 1.0), flip=flip)
+        plain = train_transform(EFFICIENTNET_LITE0, 32, scale=(1.0, 1.0), flip=False)
+        mirrored = plain(image.flip(-1))
+        torch.manual_seed(0)
+        views = [transform(image) for _ in range(20)]
+        found = any(torch.allclose(view, mirrored, atol=1e-5) for view in views)
+        assert found == expect_mirror, flip
+
+
 def test_batch_augment_eval_mode_matches_the_per_image_eval_transform():
     images = random_images(5, 73, 73)
     expected = torch.stack([eval_transform(EFFICIENTNET_LITE0, 64)(image) for image in images])
@@ -205,6 +218,14 @@ def test_load_textures_at_the_resize_size():
     assert splits["train"].images.shape == (30, 3, 40, 40)
     assert splits["test"].images.shape == (480, 3, 40, 40)
     assert splits["train"].classes == ["brick", "grass", "gravel"]
+
+
+def test_load_digits_with_a_validation_split():
+    splits = load_image_dataset("digits", 37, max_train_samples=50)
+    assert set(splits) == {"train", "val", "test"}
+    assert splits["train"].images.shape == (50, 3, 37, 37)
+    assert splits["val"].images.shape[1:] == (3, 37, 37)
+    assert splits["test"].classes == [str(digit) for digit in range(10)]
 
 
 def test_resize_images_keeps_uint8():

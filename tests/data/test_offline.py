@@ -82,3 +82,18 @@ def test_lfw_faces_split_is_stratified_and_fixed():
     assert faces["test"].labels.bincount().tolist() == [30, 30]
     assert faces["train"].images.shape[1:] == (3, 25, 25)
     assert torch.equal(faces["test"].images, offline.lfw_faces(seed=0)["test"].images)
+
+
+def test_digits_splits_are_disjoint_stratified_and_fixed():
+    splits = offline.digits(num_val=300, num_test=400, seed=0)
+    sizes = {name: len(split) for name, split in splits.items()}
+    assert sum(sizes.values()) == 1797 and abs(sizes["val"] - 300) <= 5
+    assert abs(sizes["test"] - 400) <= 5
+    for split in splits.values():
+        assert split.images.shape[1:] == (3, 8, 8) and split.images.dtype == torch.uint8
+        assert split.labels.bincount().min() >= 0.8 * len(split) / 10  # every class, evenly
+        assert torch.equal(split.labels, split.labels.sort().values)  # sorted by class
+    assert splits["train"].images.max() == 255  # 16 grey levels scaled to the full uint8 range
+    again = offline.digits(seed=0)["test"]
+    assert torch.equal(again.images, splits["test"].images)
+    assert not torch.equal(offline.digits(seed=1)["test"].images, splits["test"].images)

@@ -317,6 +317,27 @@ WRONG_ANSWERS = {
             "reshape mean and std to (3, 1, 1)",
         ),
         (
+            "03.q1",
+            "def preprocess(images, mean, std):\n"
+            "    shape = (1, 3, 1, 1)\n"
+            "    mean, std = torch.tensor(mean).view(shape), torch.tensor(std).view(shape)\n"
+            "    return (images.float() / 255 - std) / mean\n",
+            "mean and std are swapped",
+        ),
+        (
+            "03.q1",
+            "def preprocess(images, mean, std):\n"
+            "    shape = (1, 3, 1, 1)\n"
+            "    mean, std = torch.tensor(mean).view(shape), torch.tensor(std).view(shape)\n"
+            "    return images.float() / 255 - mean / std\n",
+            "write (x - mean) / std with the parentheses",
+        ),
+        (
+            "03.q1",
+            "def preprocess(images, mean, std):\n    return images.float() / 255\n",
+            "scaled to [0, 1] but not normalized",
+        ),
+        (
             "03.q2",
             "def replace_head(model, num_classes):\n"
             "    model.fc = nn.Linear(512, num_classes)\n"

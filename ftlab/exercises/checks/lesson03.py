@@ -46,8 +46,27 @@ def preprocess_like_the_weights(namespace: dict) -> str:
                 f"your values reach {top:.0f}: the weights expect pixels in [0, 1] before "
                 "normalizing, so convert the uint8 images to float and divide by 255 first"
             )
+        _name_the_typical_mistake(result.float(), images / 255, mean, std)
     close(result, expected, "your preprocessed images", atol=1e-4)
     return "float in [0, 1], normalized per channel"
+
+
+def _name_the_typical_mistake(result, pixels, mean, std) -> None:
+    """Raise Wrong naming the cause when `result` is a known wrong preprocessing of `pixels`."""
+    shape = (1, 3, 1, 1)
+    mean_t, std_t = torch.tensor(mean).view(shape), torch.tensor(std).view(shape)
+    typical = {
+        "mean and std are swapped: subtract the mean, then divide by the std": (
+            (pixels - std_t) / mean_t
+        ),
+        "the pixels are divided by the std before the mean is subtracted: write "
+        "(x - mean) / std with the parentheses": pixels - mean_t / std_t,
+        "the images are scaled to [0, 1] but not normalized: subtract the mean and divide "
+        "by the std, per channel": pixels,
+    }
+    for cause, wrong in typical.items():
+        if torch.allclose(result, wrong, atol=1e-4):
+            raise Wrong(cause)
 
 
 @question("03.q2", points=2)
