@@ -159,7 +159,7 @@ def test_diagnose_accepts_a_head_that_trains():
         add_lora(tiny_bert(), TARGETS),
     ):
         trainable = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(trainable, lr=1e-3)
+        optimizer = torch.optim.AdamW(trainable, lr=1e-2)  # usual for new A, B and head
         assert diagnose(model, optimizer, batch, verbose=False) == []
     frozen = tiny_bert().requires_grad_(False)  # nothing trains: inference, not a mistake
     assert diagnose(frozen, verbose=False) == []

@@ -223,7 +223,11 @@ def _check_optimizer(model, optimizer) -> list[Finding]:
 def _check_lr(model, optimizer, lr) -> list[Finding]:
     if not any(cls.__name__ == "PreTrainedModel" for cls in type(model).__mro__):
         return []
-    body = {id(p) for n, p in model.named_parameters() if n.split(".")[0] not in HEAD_NAMES}
+    body = {  # pretrained weights: neither the new head nor LoRA's new A and B (lesson 05)
+        id(p)
+        for n, p in model.named_parameters()
+        if n.split(".")[0] not in HEAD_NAMES and ".lora_" not in n
+    }
     if optimizer is not None:
         groups = optimizer.param_groups
         lrs = [_peak_lr(g) for g in groups if any(id(p) in body for p in g["params"])]
