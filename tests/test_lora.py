@@ -161,6 +161,8 @@ def test_diagnose_accepts_a_head_that_trains():
         trainable = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(trainable, lr=1e-2)  # usual for new A, B and head
         assert diagnose(model, optimizer, batch, verbose=False) == []
+    assert diagnose(add_lora(tiny_bert(), TARGETS), lr=1e-2, verbose=False) == []  # as fit does
+    assert [f.check for f in diagnose(tiny_bert(), lr=1e-2, verbose=False)] == ["lr_too_high"]
     frozen = tiny_bert().requires_grad_(False)  # nothing trains: inference, not a mistake
     assert diagnose(frozen, verbose=False) == []
 

@@ -224,15 +224,15 @@ def _check_lr(model, optimizer, lr) -> list[Finding]:
     if not any(cls.__name__ == "PreTrainedModel" for cls in type(model).__mro__):
         return []
     body = {  # pretrained weights: neither the new head nor LoRA's new A and B (lesson 05)
-        id(p)
+        id(p): p.requires_grad
         for n, p in model.named_parameters()
         if n.split(".")[0] not in HEAD_NAMES and ".lora_" not in n
     }
     if optimizer is not None:
         groups = optimizer.param_groups
         lrs = [_peak_lr(g) for g in groups if any(id(p) in body for p in g["params"])]
-    else:
-        lrs = [lr] if lr is not None else []
+    else:  # fit's own optimizer: the lr reaches the body only if some of it trains
+        lrs = [lr] if lr is not None and any(body.values()) else []
     too_high = [value for value in lrs if value > LR_LIMIT]
     if not too_high:
         return []
