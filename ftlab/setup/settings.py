@@ -88,6 +88,21 @@ LESSONS: dict[str, dict[str, tuple[Any, Any]]] = {
         "little_fraction": (0.1, 0.1),
         "cka_examples": (32, 32),
     },
+    "05_parameter_efficient_lora": {
+        "text_model": ("bert-base-uncased", MINILM),
+        "text_dataset": ("glue/sst2", "toy_reviews"),
+        "max_length": (128, 32),
+        "batch_size": (32, 16),
+        "steps": (300, 20),
+        "r": (8, 4),
+        "alpha": (16, 8),
+        "ranks": ("1,4,16", "1,4,16"),
+        "adapter_lr": (5e-4, 1e-2),
+        "lr": (2e-5, 1e-4),
+        "seeds": ("0,1,2,3,4", "0,1,2,3,4"),
+        "max_eval_samples": (None, 160),
+        "seed": (0, 0),
+    },
     "06_scaling_up": {
         "num_examples": (3200, 3200),  # SST-2-shaped sentences for the padding study
         "max_length": (128, 128),

@@ -10,13 +10,16 @@
   (see `ftlab.training.model_checks`);
 - `batchnorm_train_mode`: BatchNorm layers whose parameters are all frozen, left in train mode
   (their running statistics drift away from the pretrained ones);
-- `num_labels`: labels in the batch outside [0, number of model outputs).
+- `num_labels`: labels in the batch outside [0, number of model outputs);
+- `frozen_head`: a new head (`classifier`, `score`, `head`, `fc`) that does not train while other
+  parameters do: frozen, or left out of the optimizer, it stays random (lesson 05: a PEFT model
+  without `task_type` or `modules_to_save`).
 A batch rarely holds every class, so more outputs than classes seen is not reported.
 `diagnose` leaves weights, gradients, buffers, train/eval modes and random states unchanged.
 
 `fit` runs it first (`check=True`): a `num_labels` or `no_head` finding or an empty loader raises
 (training would crash or do nothing); the others are warnings, since some are deliberate.
-Taught in lesson 02 (and the exercises of lessons 03 and 04).
+Taught in lesson 02 (and the exercises of lessons 03 and 04; `frozen_head` in lesson 05).
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from torch import nn
 
 from ftlab.data.batches import batch_size, labels_of, slice_batch, to_device
 from ftlab.training.evaluation import forward_output
-from ftlab.training.model_checks import model_findings
+from ftlab.training.model_checks import HEAD_NAMES, model_findings
 
 RAISING = ("num_labels", "no_head")  # findings that make fit refuse to start
 
@@ -57,6 +60,7 @@ def diagnose(model, optimizer=None, batch=None, lr=None, verbose=True) -> list[F
         findings += _check_optimizer(model, optimizer)
     findings += [Finding(*found) for found in model_findings(model, optimizer, lr)]
     findings += _check_batchnorm(model)
+    findings += _check_frozen_head(model, optimizer)
     if verbose:
         print("\n".join(map(str, findings)) if findings else "diagnose: no problems found")
     return findings
@@ -240,6 +244,30 @@ def _check_batchnorm(model) -> list[Finding]:
     return [Finding("batchnorm_train_mode", message, fix)]
 
 
+def _check_frozen_head(model, optimizer) -> list[Finding]:
+    held = {id(p) for g in optimizer.param_groups for p in g["params"]} if optimizer else None
+
+    def trains(module) -> bool:
+        return any(p.requires_grad and (held is None or id(p) in held) for p in module.parameters())
+
+    heads, inside = {}, ()
+    for name, module in model.named_modules():  # the outermost module of each new head
+        if name.rsplit(".", 1)[-1] in HEAD_NAMES[:-1] and not name.startswith(inside):
+            heads[name], inside = module, (*inside, f"{name}.")
+    frozen = [name for name, head in heads.items() if _counts_any(head) and not trains(head)]
+    if not frozen or not trains(model):  # nothing trains at all: inference, not a mistake
+        return []
+    message = (
+        f"the new head ({_some(frozen)}) does not train: its parameters are frozen or not in "
+        "the optimizer while others train, so it keeps its random initialisation"
+    )
+    fix = (
+        "with PEFT, pass task_type='SEQ_CLS' or modules_to_save=['classifier'] to LoraConfig; "
+        "otherwise unfreeze the head (requires_grad_(True)) and give it to the optimizer"
+    )
+    return [Finding("frozen_head", message, fix)]
+
+
 @contextmanager
 def _untouched(model):
     """Run a forward/backward, then restore gradients, buffers, modes and random states."""
@@ -271,6 +299,10 @@ def _training_mode(model):
     finally:
         for module, training in modes.items():
             module.training = training
+
+
+def _counts_any(module) -> bool:
+    return any(True for _ in module.parameters())
 
 
 def _first_rows(batch, rows: int = 8):

@@ -105,17 +105,21 @@ def _head_parameters(model) -> list:
 
 
 def _lrs(model, optimizer, lr, head: set[int]) -> tuple[list[float], list[float]]:
-    """The peak rates of the groups training head parameters, and of those training the body."""
+    """The peak rates of the groups training head parameters, and of those training the body.
+
+    The body is the pretrained weights: neither the new head nor LoRA's new A and B (lesson 05).
+    """
+    new = head | {id(p) for name, p in model.named_parameters() if ".lora_" in name}
     if optimizer is None:
         if lr is None:
             return [], []
-        body = any(p.requires_grad and id(p) not in head for p in model.parameters())
+        body = any(p.requires_grad and id(p) not in new for p in model.parameters())
         return [lr] if head else [], [lr] if body else []
     head_lrs, body_lrs = [], []
     for group in optimizer.param_groups:
         peak = max(group["lr"], group.get("initial_lr", 0.0), group.get("max_lr", 0.0))
         if any(id(p) in head for p in group["params"]):
             head_lrs.append(peak)
-        if any(p.requires_grad and id(p) not in head for p in group["params"]):
+        if any(p.requires_grad and id(p) not in new for p in group["params"]):
             body_lrs.append(peak)
     return head_lrs, body_lrs

@@ -487,6 +487,82 @@ WRONG_ANSWERS = {
             "frozen parameters (bert.embeddings",
         ),
     ],
+    "05": [
+        (
+            "05.q1",
+            "def lora_forward(x, weight, bias, A, B, alpha, r):\n"
+            "    return x @ weight.T + bias + (x @ A.T) @ B.T\n",
+            "the update is not scaled: multiply B A x by alpha / r",
+        ),
+        (
+            "05.q1",
+            "def lora_forward(x, weight, bias, A, B, alpha, r):\n"
+            "    return x @ weight.T + (alpha / r) * (x @ A.T) @ B.T\n",
+            "the bias b is missing",
+        ),
+        (
+            "05.q1",
+            "def lora_forward(x, weight, bias, A, B, alpha, r):\n"
+            "    return x @ weight.T + bias + (alpha / r) * (x @ B @ A)\n",
+            "raised RuntimeError",
+        ),
+        (
+            "05.q2",
+            "def init_lora(in_features, out_features, r):\n"
+            "    return (nn.Parameter(torch.randn(r, in_features)),\n"
+            "            nn.Parameter(torch.randn(out_features, r)))\n",
+            "B is not zero, so B A ≠ 0 and the model changes before the first step",
+        ),
+        (
+            "05.q2",
+            "def init_lora(in_features, out_features, r):\n"
+            "    return (nn.Parameter(torch.zeros(r, in_features)),\n"
+            "            nn.Parameter(torch.zeros(out_features, r)))\n",
+            "with A = B = 0 both get zero gradients",
+        ),
+        (
+            "05.q2",
+            "def init_lora(in_features, out_features, r):\n"
+            "    return (nn.Parameter(torch.randn(in_features, r)),\n"
+            "            nn.Parameter(torch.zeros(r, out_features)))\n",
+            "A has shape (6, 3) but should have (3, 6)",
+        ),
+        (
+            "05.q3",
+            "def count_lora_parameters(hidden_size, num_layers, r, num_labels):\n"
+            "    return num_layers * 2 * r * 2 * hidden_size\n",
+            "the new head's 1538 parameters train too",
+        ),
+        (
+            "05.q3",
+            "def count_lora_parameters(hidden_size, num_layers, r, num_labels):\n"
+            "    return num_layers * 2 * r * hidden_size + hidden_size * num_labels + num_labels\n",
+            "count both A (r × in) and B (out × r)",
+        ),
+        (
+            "05.q4",
+            "def merge_weight(weight, A, B, alpha, r):\n    return weight + B @ A\n",
+            "scale the update",
+        ),
+        (
+            "05.q4",
+            "def merge_weight(weight, A, B, alpha, r):\n    return (alpha / r) * B @ A\n",
+            "you left out W",
+        ),
+        (
+            "05.q5",
+            "fixed_config = LoraConfig(r=4, lora_alpha=8, target_modules=['query', 'value'])",
+            "the classifier still does not train: add task_type='SEQ_CLS'",
+        ),
+        (
+            "05.q5",
+            "fixed_config = LoraConfig(r=4, lora_alpha=8, target_modules=['query'],\n"
+            "                          modules_to_save=['classifier'])",
+            "keep LoRA on query and value",
+        ),
+        ("05.q6", "predicted_smallest_rank = 3", "should be one of the ranks tried"),
+        ("05.q6", "smallest_rank = 8", "smallest_rank is 8, but the smallest rank"),
+    ],
 }
 
 
