@@ -4,6 +4,7 @@ name, every lesson module names its lesson; the floors it declares are what `.ci
 import ast
 import importlib
 import inspect
+import json
 import pkgutil
 import re
 from pathlib import Path
@@ -133,6 +134,33 @@ def test_every_public_name_has_one_home():
             if home != module.__name__ and reexported and not inspect.ismodule(obj):
                 misplaced.append(f"{module.__name__}.{name} (home: {home})")
     assert misplaced == []
+
+
+FROM_IMPORT = re.compile(r"^\s*from (ftlab(?:\.\w+)+) import \(?([\w\s,]+)\)?", re.M)
+
+
+def misplaced_imports(text: str) -> list[str]:
+    """`from ftlab.M import N` lines in `text` where N's home is not M."""
+    found = []
+    for module, names in FROM_IMPORT.findall(text):
+        for name in re.split(r"[\s,]+", names.strip()):
+            obj = getattr(importlib.import_module(module), name, None) if name else None
+            home = getattr(obj, "__module__", module) if callable(obj) else module
+            if not inspect.ismodule(obj) and home.startswith("ftlab") and home != module:
+                found.append(f"from {module} import {name} (home: {home})")
+    return found
+
+
+def test_the_repository_imports_every_name_from_its_home():
+    root = PACKAGE.parent
+    sources = [*root.glob("ftlab/**/*.py"), *root.glob("tests/**/*.py")]
+    texts = [path.read_text() for path in sources]
+    for notebook in [*root.glob("notebooks/*.ipynb"), *root.glob("solutions/*.ipynb")]:
+        cells = json.loads(notebook.read_text())["cells"]
+        texts.append("\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "code"))
+    assert [line for text in texts for line in misplaced_imports(text)] == []
+    wrong = misplaced_imports("from ftlab.training.loop import compute_loss")
+    assert wrong == ["from ftlab.training.loop import compute_loss (home: ftlab.training.step)"]
 
 
 def test_every_lesson_module_names_the_lesson_that_teaches_it():
