@@ -59,7 +59,7 @@ def step_time_chart(results: dict, title: str | None = None):
         ax.scatter(busy, names, marker="|", s=400, color="black", label="device busy", zorder=3)
     device = results.get("machine", {}).get("device_name", "")
     ax.set(xlabel="milliseconds per step", title=title or f"Where a step's time goes ({device})")
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.3), ncol=3, fontsize=8)
     return _finish(fig)
 
 
