@@ -19,7 +19,7 @@ cell, skipping the cells tagged `expensive` (training runs, plots of them); impo
 cells alone was rejected because answers use names that earlier, ungraded cells define.
 Student code is treated as hostile:
 
-- Verdicts are made in the grader's process (`ftlab.exercises.grade`), never in the kernel.
+- Verdicts are made in the grader's process (`ftlab.exercises.judge`), never in the kernel.
   Where a `check("qN")` cell was, the grader runs question N's checks itself; they call the
   student's functions in the kernel on inputs the grader chose and get back plain data
   (`ftlab.exercises.remote`, `ftlab.exercises.serve`). Hidden checks never enter the kernel.

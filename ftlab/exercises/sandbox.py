@@ -240,8 +240,13 @@ def _limit(limits: Limits) -> None:
 
 
 def _die_with_parent() -> None:
-    # Linux: if the grader dies, this process gets SIGKILL (and unshare's --kill-child passes it
-    # on), so a killed grader leaves no kernels behind.
+    # Linux: if the grader dies, this process gets SIGKILL (and the kernel's own parent-death
+    # signal passes it on), so a killed grader leaves no kernels behind. Only in the grader's
+    # main process: in a --jobs worker it killed kernels mid-run (cause not yet understood).
+    import multiprocessing
+
+    if multiprocessing.parent_process() is not None:
+        return
     try:
         import ctypes
 
