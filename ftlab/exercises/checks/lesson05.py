@@ -7,7 +7,16 @@ import warnings
 import torch
 
 from ftlab.exercises.checks import Wrong, question
-from ftlab.exercises.checks.tools import answer, as_number, call, close, tiny_bert
+from ftlab.exercises.checks.tools import (
+    answer,
+    as_number,
+    call,
+    close,
+    collect,
+    live,
+    tiny_bert,
+)
+from ftlab.exercises.serve import probe
 
 RANKS = (1, 2, 4, 8)
 
@@ -107,19 +116,26 @@ def merge(namespace: dict) -> str:
     return "one matrix, the same outputs as W x + (alpha / r) · B A x"
 
 
-@question("05.q5", points=2)
-def head_in_modules_to_save(namespace: dict) -> str:
-    config = answer(namespace, "fixed_config")
+@probe
+def peft_trainable(config) -> dict:
+    """In the student's kernel: what a PEFT model built from their config trains."""
     from peft import LoraConfig, get_peft_model
 
     if not isinstance(config, LoraConfig):
-        raise Wrong(f"fixed_config should be a peft.LoraConfig, not a {type(config).__name__}")
+        return {"type": type(config).__name__, "trainable": None}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        model = call(
-            get_peft_model, tiny_bert(), config, what="get_peft_model(model, fixed_config)"
-        )
+        model = get_peft_model(tiny_bert(), config)
     trainable = [name for name, p in model.named_parameters() if p.requires_grad]
+    return {"type": "LoraConfig", "trainable": trainable}
+
+
+@question("05.q5", points=2)
+def head_in_modules_to_save(namespace: dict) -> str:
+    facts = collect(namespace, peft_trainable, live(namespace, "fixed_config"))
+    if facts["trainable"] is None:
+        raise Wrong(f"fixed_config should be a peft.LoraConfig, not a {facts['type']}")
+    trainable = facts["trainable"]
     if not any("classifier" in name for name in trainable):
         raise Wrong("the classifier still does not train: add task_type='SEQ_CLS' or "
                     "modules_to_save=['classifier'] to the LoraConfig")  # fmt: skip
