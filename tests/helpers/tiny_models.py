@@ -25,6 +25,18 @@ def mlp(num_labels: int = NUM_LABELS, seed: int = 0) -> nn.Module:
     return nn.Sequential(nn.Linear(NUM_FEATURES, 16), nn.ReLU(), nn.Linear(16, num_labels))
 
 
+class ForgottenHead(nn.Module):
+    """A new head that forward never calls: the backbone's own outputs are returned."""
+
+    def __init__(self):
+        super().__init__()
+        self.backbone = mlp()
+        self.head = nn.Linear(3, 3)
+
+    def forward(self, x):
+        return self.backbone(x)  # should be self.head(self.backbone(x))
+
+
 def blobs(n: int = 96, num_labels: int = NUM_LABELS, seed: int = 0) -> TensorDataset:
     """Return Gaussian blobs, one per class: easy to separate, so accuracy should be high."""
     generator = torch.Generator().manual_seed(seed)

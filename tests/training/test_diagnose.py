@@ -5,6 +5,7 @@ import warnings
 import pytest
 import torch
 from tiny_models import (
+    ForgottenHead,
     TinyCNN,
     blobs,
     image_batch,
@@ -30,18 +31,6 @@ def mlp_batch(n=8):
 
 def checks(findings):
     return [finding.check for finding in findings]
-
-
-class ForgottenHead(nn.Module):
-    """A new head that forward never calls: the backbone's own outputs are returned."""
-
-    def __init__(self):
-        super().__init__()
-        self.backbone = mlp()
-        self.head = nn.Linear(3, 3)
-
-    def forward(self, x):
-        return self.backbone(x)  # should be self.head(self.backbone(x))
 
 
 def frozen_backbone_cnn():

@@ -2,6 +2,7 @@
 
 import torch
 from tiny_models import (
+    ForgottenHead,
     mlp,
     one_thread,  # noqa: F401 (autouse fixture)
     tiny_bert,
@@ -15,16 +16,6 @@ from ftlab.training.smoke import smoke_test
 def mlp_batch(n=12):
     torch.manual_seed(1)
     return torch.randn(n, 8), torch.arange(n) % 3
-
-
-class ForgottenHead(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.backbone = mlp()
-        self.head = nn.Linear(3, 3)
-
-    def forward(self, x):
-        return self.backbone(x)  # should be self.head(self.backbone(x))
 
 
 def test_a_sound_setup_passes_and_is_left_unchanged(capsys):
