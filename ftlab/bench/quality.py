@@ -3,8 +3,9 @@
 A faster loop is only worth having if the model it trains is as good. One run cannot say: two
 seeds of the same loop already end at different losses. `seed_spread` trains each path of
 `ftlab bench` from every seed (new data, initial weights and batch order each time) and keeps the
-held-out loss and accuracy; `within_noise` says whether two paths differ by less than the seeds
-do; `spread_summary` prints the table.
+held-out loss and accuracy, and `spread_summary` prints the table. A seed gives every path the
+same data and initial weights, so two paths are compared seed by seed with
+`ftlab.training.metrics.paired_comparison`, the rule lessons 03 and 04 use.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ import torch
 from ftlab.bench import data as bench_data
 from ftlab.bench import paths as bench_paths
 from ftlab.bench import run as bench
-from ftlab.training import metrics
 
 PATHS = bench_paths.EAGER  # the eager paths of every bench run
 
@@ -35,13 +35,13 @@ class _NoTimer:
 
 
 def seed_spread(
-    task: str = "text", seeds=(0, 1, 2), *, device=None, size=None, paths=tuple(PATHS)
+    task: str = "text", seeds=(0, 1, 2, 3, 4), *, device=None, size=None, paths=tuple(PATHS)
 ) -> dict:
     """Train each path from each seed on the bench's work; return held-out loss and accuracy.
 
     Taught in lesson 06. The work is `ftlab.bench.run.SIZES[size][task]`; `size` "tiny", "cpu" or
     "cuda" (default: the device's). Eager paths only (`PATHS`). Returns {path: {"eval_loss":
-    [...], "eval_accuracy": [...]}}, one value per seed.
+    [...], "eval_accuracy": [...]}}, one value per seed, in the order of `seeds` for every path.
     """
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     size = size or device.type
@@ -60,15 +60,6 @@ def seed_spread(
             spread[name]["eval_loss"].append(loss)
             spread[name]["eval_accuracy"].append(accuracy)
     return spread
-
-
-def within_noise(spread: dict, path: str, other: str, metric: str = "eval_loss") -> bool:
-    """Whether the two paths' means differ by at most twice the larger seed-to-seed spread.
-
-    Taught in lesson 06: lesson 04's rule (`ftlab.training.metrics.within_noise`) on `seed_spread`'s
-    results; at least 2 seeds needed.
-    """
-    return metrics.within_noise(spread[path][metric], spread[other][metric])
 
 
 def spread_summary(spread: dict) -> str:

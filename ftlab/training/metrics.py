@@ -1,8 +1,9 @@
-"""Classification metrics in plain torch: accuracy, macro-F1, confusion matrix; the noise rule.
+"""Classification metrics in plain torch: accuracy, macro-F1, confusion matrix; seed comparisons.
 
 No scikit-learn at runtime; the tests check these against it. Taught in lesson 02.
 Every metric accepts either predicted class ids `(n,)` or logits `(n, num_classes)`.
-`paired_comparison` is lesson 04's rule for comparing two strategies over the same seeds.
+`paired_comparison` is the course's one rule for comparing two runs over the same seeds
+(lessons 03, 04 and 06).
 """
 
 from __future__ import annotations
@@ -58,22 +59,6 @@ def macro_f1(
     f1 = torch.where(denominator > 0, 2 * true_positives / denominator.clamp(min=1), 0.0)
     present = denominator > 0 if num_classes is None else torch.ones_like(f1, dtype=torch.bool)
     return f1[present].mean().item() if present.any() else 0.0
-
-
-def within_noise(scores: Sequence[float], other_scores: Sequence[float]) -> bool:
-    """Whether two means over seeds differ by at most twice the larger standard deviation.
-
-    Taught in lesson 04. `scores`, `other_scores`: one value per seed (at least 2 each), such as
-    accuracies or losses. Within the noise is "these seeds cannot tell them apart", not "as
-    good": a strategy whose seeds disagree widely is within the noise of more strategies.
-    """
-    if min(len(scores), len(other_scores)) < 2:
-        raise ValueError(
-            f"within_noise needs at least 2 seeds per side to know the noise; got "
-            f"{len(scores)} and {len(other_scores)}: run more seeds"
-        )
-    noise = max(statistics.stdev(scores), statistics.stdev(other_scores))
-    return abs(statistics.mean(scores) - statistics.mean(other_scores)) <= 2 * noise
 
 
 @dataclass(frozen=True)

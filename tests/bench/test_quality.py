@@ -1,4 +1,4 @@
-"""Tests for ftlab.bench.quality: the bench's paths trained from several seeds; the noise rule."""
+"""Tests for ftlab.bench.quality: the bench's paths trained from several seeds."""
 
 import math
 
@@ -7,26 +7,7 @@ import pytest
 from ftlab.bench import quality as bench_quality
 
 
-def spread_of(**losses):
-    return {name: {"eval_loss": values, "eval_accuracy": [1.0] * len(values)}
-            for name, values in losses.items()}  # fmt: skip
-
-
-def test_paths_whose_gap_is_below_the_seed_spread_are_within_noise():
-    spread = spread_of(fast=[0.10, 0.30, 0.20], plain=[0.15, 0.25, 0.35])
-    assert bench_quality.within_noise(spread, "fast", "plain")
-    assert bench_quality.within_noise(spread, "fast", "plain", "eval_accuracy")  # all equal
-
-
-def test_a_path_that_learns_worse_than_the_seeds_vary_is_not_within_noise():
-    spread = spread_of(fast=[0.10, 0.12, 0.11], broken=[0.69, 0.70, 0.69])
-    assert not bench_quality.within_noise(spread, "fast", "broken")
-    assert not bench_quality.within_noise(spread, "broken", "fast")
-
-
-def test_one_seed_cannot_tell_noise_and_unknown_paths_are_refused():
-    with pytest.raises(ValueError, match="at least 2 seeds"):
-        bench_quality.within_noise(spread_of(a=[0.1], b=[0.2]), "a", "b")
+def test_unknown_paths_are_refused():
     with pytest.raises(ValueError, match="unknown paths.*choose from"):
         bench_quality.seed_spread("text", seeds=(0,), device="cpu", size="tiny", paths=("fast",))
 
