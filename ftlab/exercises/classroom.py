@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from ftlab.exercises import checks, sandbox
+from ftlab.exercises import checks, namespaces, sandbox
 from ftlab.exercises.grade import Row, Sandboxing, grade_notebook, submissions_in
 from ftlab.exercises.kernel import GradingError
 
@@ -75,7 +75,7 @@ def grade_class(submissions: Path, out: Path, settings: Settings, resume=False, 
 
 def describe_isolation() -> str:
     """One line: what the sandbox enforces on this machine."""
-    if sandbox.namespaces_available():
+    if namespaces.available():
         return (
             "own uid per job, no network, own PID and mount namespaces (submissions, solutions, "
             "output and hidden checks hidden; private /tmp), rlimits, memory/process watchdog"

@@ -23,14 +23,14 @@ import resource
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ftlab.exercises import namespaces
+
 FIRST_UID = 61000  # sandbox users: FIRST_UID + slot; no account is needed for a bare uid
-PRIVATE_TMP = ("/tmp", "/var/tmp", "/dev/shm", "/run/lock")
 
 
 @dataclass
@@ -130,7 +130,7 @@ def start(
     `prepare` writes what the command reads (the kernel's connection file) into a folder that
     only the sandbox's user can reach; "{run_dir}" in `command` is replaced by that folder.
     """
-    isolated = namespaces_available()
+    isolated = namespaces.available()
     uid = FIRST_UID + slot if isolated else None
     run_dir, sock, copy, work = _folders(submission, uid)
     prepared = prepare(sock) if prepare else None
@@ -140,7 +140,7 @@ def start(
     command = [part.replace("{run_dir}", str(sock)) for part in command]
     enforced = ["own session and process group", "copy of only this submission", "rlimits"]
     if isolated:
-        script = _namespace_script(copy, work, hide, limits, uid)
+        script = namespaces.setup_script(copy, work, hide, limits.disk, uid)
         command = ["unshare", "--net", "--pid", "--mount", "--fork", "--kill-child"] + [
             "--mount-proc", "sh", "-c", script, "sandbox", *command
         ]  # fmt: skip
@@ -168,54 +168,6 @@ def _folders(submission: Path, uid: int | None) -> tuple[Path, Path, Path, Path]
     if uid is not None:
         os.chmod(run_dir, 0o711)  # the sandbox's uid may pass through, not list or write
     return (run_dir, *folders)
-
-
-def namespaces_available() -> bool:
-    """True when we are root and `unshare`/`setpriv` can build namespaces here (checked once)."""
-    global _namespaces
-    if _namespaces is None:
-        _namespaces = False
-        if os.geteuid() == 0 and shutil.which("unshare") and shutil.which("setpriv"):
-            probe = ["unshare", "--net", "--pid", "--mount", "--fork", "--mount-proc", "true"]
-            try:
-                _namespaces = subprocess.run(probe, capture_output=True, timeout=20).returncode == 0
-            except (OSError, subprocess.TimeoutExpired):
-                _namespaces = False
-    return _namespaces
-
-
-_namespaces: bool | None = None
-
-
-def _namespace_script(copy: Path, work: Path, hide: list[Path], limits: Limits, uid: int) -> str:
-    # Runs as root inside the new namespaces, then becomes the sandbox uid and execs "$@".
-    disk = f"size={limits.disk // 1024}k"
-    lines = ["set -e", "mount --make-rprivate /"]
-    needed = [Path(__file__).resolve().parents[2], Path(sys.prefix).resolve()]
-    hidden: list[Path] = []
-    for path in sorted({Path(p).resolve() for p in hide}, key=lambda p: len(p.parts)):
-        if any(p.is_relative_to(path) for p in needed) or any(
-            path.is_relative_to(h) for h in hidden
-        ):
-            continue  # inside a folder already hidden, or holding what the kernel needs
-        hidden.append(path)
-        if path.is_dir():
-            lines.append(f"mount -t tmpfs -o size=4k,mode=000 none {_quote(path)}")
-        elif path.exists():
-            lines.append(f"mount --bind /dev/null {_quote(path)}")
-    for path in PRIVATE_TMP:
-        if os.path.isdir(path) and not any(p.is_relative_to(path) for p in needed):
-            lines.append(f"mount -t tmpfs -o {disk},mode=1777 none {path}")
-    lines.append(f"mount -t tmpfs -o {disk},mode=700,uid={uid},gid={uid} none {_quote(work)}")
-    lines.append(f"cp -a {_quote(copy)}/. {_quote(work)}/ && chown -R {uid}:{uid} {_quote(work)}")
-    lines.append(f"cd {_quote(work)}")
-    drop = f"setpriv --reuid {uid} --regid {uid} --clear-groups --no-new-privs --pdeathsig KILL"
-    lines.append(f'exec {drop} --inh-caps=-all --bounding-set=-all "$@"')
-    return "\n".join(lines)
-
-
-def _quote(path: Path) -> str:
-    return "'" + str(path).replace("'", "'\\''") + "'"
 
 
 def _limit(limits: Limits) -> None:

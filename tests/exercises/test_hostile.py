@@ -16,13 +16,13 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from ftlab.exercises import checks, sandbox
+from ftlab.exercises import checks, namespaces
 from ftlab.exercises.grading import main
 
 ROOT = Path(__file__).resolve().parents[2]
 SOLUTION_01 = ROOT / "solutions" / "01_math_of_fine_tuning.ipynb"
 EXERCISE_01 = ROOT / "exercises" / "01_math_of_fine_tuning.ipynb"
-ISOLATED = sandbox.namespaces_available()
+ISOLATED = namespaces.available()
 LESSON = 'LESSON = "01"'
 
 ATTACKS = {
