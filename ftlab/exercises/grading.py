@@ -45,7 +45,7 @@ from pathlib import Path
 
 import nbformat
 
-from ftlab.exercises import checks, classroom, sandbox
+from ftlab.exercises import checks, classroom, namespaces, sandbox
 from ftlab.exercises.build import lesson_of_path, make_exercise, validate_solution
 from ftlab.exercises.grade import Row, grade_notebook, submissions_in
 
@@ -113,6 +113,12 @@ def main(argv: list[str]) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exit_:
         return int(exit_.code or 0)
+    closed = namespaces.available() and namespaces.closed_to_others()
+    if closed and (args.command == "grade" or not args.no_run):
+        print(f"error: the sandbox's users cannot enter {closed}, on the way to {sys.executable} "
+              f"or ftlab; let them through (chmod o+x {closed}) or install ftlab in a venv "
+              "outside it", file=sys.stderr)  # fmt: skip
+        return 2
     hidden = args.hidden or _environment_hidden()
     if hidden is not None:
         try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -31,6 +32,22 @@ def available() -> bool:
 
 
 _namespaces: bool | None = None
+
+
+def closed_to_others(paths=None) -> Path | None:
+    """The first folder on the way to this Python or to ftlab that other users cannot enter.
+
+    A sandboxed kernel runs as a bare uid, neither the owner of these files nor in their group,
+    so it can start this Python only if every folder on the way lets others through (o+x): a
+    virtual environment under a private folder (/root, `mktemp -d`) does not. None when all do.
+    """
+    package_root = Path(__file__).resolve().parents[2]
+    for path in paths or (Path(sys.prefix), Path(sys.executable).parent, package_root):
+        path = Path(path).resolve()
+        for folder in [*reversed(path.parents), path]:  # from / down to the path itself
+            if folder.is_dir() and not folder.stat().st_mode & stat.S_IXOTH:
+                return folder
+    return None
 
 
 def setup_script(copy: Path, work: Path, hide: list[Path], disk_bytes: int, uid: int) -> str:

@@ -5,13 +5,14 @@ from __future__ import annotations
 import csv
 import linecache
 import shutil
+import tempfile
 from pathlib import Path
 
 import nbformat
 import pytest
 import torch
 
-from ftlab.exercises import checks
+from ftlab.exercises import checks, namespaces
 from ftlab.exercises.build import hidden_tests, make_exercise, strip_markers, validate_solution
 from ftlab.exercises.checks.lesson01 import adam_reference
 from ftlab.exercises.grading import CheckFailed, main, question_id_of
@@ -183,6 +184,27 @@ def test_main_reports_bad_usage_with_exit_code_2(tmp_path, capsys):
     assert main(["build", "--solutions", str(tmp_path)]) == 2
     assert main(["build", "--hidden", str(tmp_path / "none.py")]) == 2
     assert main(["frobnicate"]) == 2
+
+
+def test_a_python_the_sandbox_cannot_reach_is_named_before_grading(tmp_path, monkeypatch):
+    with tempfile.TemporaryDirectory() as base:  # not under pytest's own folder, which is 0o700
+        Path(base).chmod(0o755)
+        private = Path(base).resolve() / "private"
+        (private / "venv" / "bin").mkdir(parents=True)
+        private.chmod(0o700)  # like /root or `mktemp -d`: the sandbox's uid cannot pass
+        assert namespaces.closed_to_others([private / "venv"]) == private
+        private.chmod(0o755)
+        assert namespaces.closed_to_others([private / "venv"]) is None
+
+    monkeypatch.setattr(namespaces, "available", lambda: True)
+    monkeypatch.setattr(namespaces, "closed_to_others", lambda: private)
+    (tmp_path / "class" / "ann").mkdir(parents=True)
+    nbformat.write(nbformat.v4.new_notebook(), tmp_path / "class" / "ann" / "01_x.ipynb")
+    lines = []
+    monkeypatch.setattr("builtins.print", lambda *args, **kwargs: lines.append(" ".join(args)))
+    assert main(["grade", str(tmp_path / "class"), "--out", str(tmp_path / "g.csv")]) == 2
+    assert len(lines) == 1 and f"chmod o+x {private}" in lines[0]
+    assert not (tmp_path / "g.csv").exists()  # nothing half-written
 
 
 def test_build_writes_exercises_and_check_detects_when_they_are_stale(tmp_path, capsys):
