@@ -60,7 +60,7 @@ LESSONS: dict[str, dict[str, tuple[Any, Any]]] = {
         "backbone_lr": (1e-4, 1e-3),
         "scratch_lr": (1e-3, 1e-3),
         "min_crop_scale": (0.08, 0.7),
-        "max_train_samples": (None, 1000),
+        "max_train_samples": (None, 800),
         "seeds": ("0,1,2,3,4", "0,1,2,3,4"),
         "target_accuracy": (0.8, 0.8),
         "seed": (0, 0),
