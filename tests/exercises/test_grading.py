@@ -186,7 +186,7 @@ def test_main_reports_bad_usage_with_exit_code_2(tmp_path, capsys):
     assert main(["frobnicate"]) == 2
 
 
-def test_a_python_the_sandbox_cannot_reach_is_named_before_grading(tmp_path, monkeypatch):
+def test_a_python_the_sandbox_cannot_reach_is_named_before_grading(tmp_path, monkeypatch, capsys):
     with tempfile.TemporaryDirectory() as base:  # not under pytest's own folder, which is 0o700
         Path(base).chmod(0o755)
         private = Path(base).resolve() / "private"
@@ -200,10 +200,9 @@ def test_a_python_the_sandbox_cannot_reach_is_named_before_grading(tmp_path, mon
     monkeypatch.setattr(namespaces, "closed_to_others", lambda: private)
     (tmp_path / "class" / "ann").mkdir(parents=True)
     nbformat.write(nbformat.v4.new_notebook(), tmp_path / "class" / "ann" / "01_x.ipynb")
-    lines = []
-    monkeypatch.setattr("builtins.print", lambda *args, **kwargs: lines.append(" ".join(args)))
     assert main(["grade", str(tmp_path / "class"), "--out", str(tmp_path / "g.csv")]) == 2
-    assert len(lines) == 1 and f"chmod o+x {private}" in lines[0]
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1 and f"chmod o+x {private}" in err
     assert not (tmp_path / "g.csv").exists()  # nothing half-written
 
 
